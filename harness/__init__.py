@@ -1,0 +1,1 @@
+"""lambench harness: everything shared by the method plugins (data, models, attacks, loop, evaluation, store)."""

@@ -1,0 +1,101 @@
+"""Every hyperparameter lives here, in dataclasses, with the presets that set them.
+
+Flags on the command line override a preset field by field; methods may change defaults of their own
+(e.g. Fast-AT's cyclic schedule) through ``Method.defaults`` before flags apply.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import LambenchError
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1              # peak learning rate (SGD)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"     # cosine | cyclic (per-iteration triangle, Fast-AT) | multistep (x0.1 at 50% and 75%)
+    warmup_frac: float = 0.4     # cyclic only: fraction of training spent rising to the peak
+    train_attack: str = "pgd7"   # pgd7 | pgdK | fgsm_rs
+    attack_step: float | None = None  # step of the training attack, in [0,1] units; None = method default
+    precision: str = "auto"      # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    log_every: int = 20          # iterations between progress-bar updates (each costs one host sync)
+
+
+@dataclass
+class EvalConfig:
+    attacks: tuple[str, ...] = ("pgd20",)  # pgd20 (alpha 2/255, 1 restart) | pgd50x10 | pgdK[xR]
+    batch_size: int = 500
+    n: int | None = None           # evaluate the first n test examples (None: the whole test split)
+    noise_draws: int = 3           # models with random forward passes: clean accuracy over this many draws
+    step: float | None = None      # PGD step; None: max(eps/4, eps/steps), i.e. 2/255 at eps = 8/255
+
+
+@dataclass
+class RunConfig:
+    methods: tuple[str, ...] = ("pgd_at", "fast_at")
+    datasets: tuple[str, ...] = ("digits",)
+    archs: tuple[str, ...] = ("small_cnn",)
+    seeds: tuple[int, ...] = (0,)
+    train_lambdas: tuple[float, ...] | None = None   # pgd_at: one dedicated model per value (default: method's)
+    eps: float | None = None       # None: the dataset's default epsilon
+    subset: int | None = None      # train on the first N training examples (quick runs)
+    data_root: str | None = None
+    out: str = "results"
+    run: str | None = None         # results/<run>/ (default: the preset name)
+    device: str = "auto"
+    force: bool = False
+    progress: bool = True
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --- presets -----------------------------------------------------------------------------------------------
+# smoke: embedded digits + small CNN; the whole default job finishes in about a minute on 2 CPU cores.
+# cifar10-fast: PreActResNet18, short schedule, sized for one GPU (batch 512 as in the speed target).
+# paper: the OAT/FLOAT protocol: CIFAR ResNet34, 200 epochs, PGD-7, multistep decay, batch 128.
+PRESETS: dict[str, dict] = {
+    "smoke": dict(datasets=("digits",), archs=("small_cnn",),
+                  train=dict(epochs=15, batch_size=64, lr=0.05),
+                  eval=dict(attacks=("pgd20",))),
+    "cifar10-fast": dict(datasets=("cifar10",), archs=("preact_resnet18",),
+                         train=dict(epochs=15, batch_size=512, lr=0.2, schedule="cyclic")),
+    "paper": dict(datasets=("cifar10",), archs=("resnet34",),
+                  train=dict(epochs=200, batch_size=128, lr=0.1, schedule="multistep", train_attack="pgd7")),
+}
+
+
+def apply(obj, overrides: dict):
+    """Return a copy of dataclass ``obj`` with ``overrides`` applied (nested dicts go into nested dataclasses)."""
+    changes = {}
+    for key, value in overrides.items():
+        current = getattr(obj, key)
+        changes[key] = apply(current, value) if dataclasses.is_dataclass(current) and isinstance(value, dict) else value
+    return dataclasses.replace(obj, **changes)
+
+
+def from_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise LambenchError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return apply(RunConfig(run=name), PRESETS[name])
+
+
+def parse_fraction(text: str) -> float:
+    """'8/255' -> 0.0313..., '0.1' -> 0.1."""
+    try:
+        if "/" in text:
+            num, den = text.split("/")
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise LambenchError(f"cannot read {text!r} as a number; write e.g. 0.1 or 8/255") from None
+
+
+def check_lambda(lam: float) -> float:
+    if not 0.0 <= lam <= 1.0:
+        raise LambenchError(f"lambda {lam} is outside [0, 1]; pick values such as 0,0.1,0.5,1")
+    return lam

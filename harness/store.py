@@ -1,0 +1,81 @@
+"""The results store: atomic writes, checkpoints, and the run's tidy ``results.csv``.
+
+Layout of ``<out>/<run>/``:
+  <job>/config.json     what the model was trained with (its identity)
+  <job>/checkpoint.pt   written atomically at the end of every epoch; ``finished`` once training is done
+  <job>/epochs.csv      per-epoch loss, accuracy, images/s, wall-clock, CUDA peak memory
+  <job>/rows.csv        this job's evaluation rows (written last: its presence marks the job done)
+  <job>/eval.json       the evaluation settings rows.csv was produced with
+  results.csv           every finished job's rows: one row per job x lambda x metric
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .errors import CheckpointError
+
+#: columns every results.csv has, in this order (later issues add metrics as rows, not columns)
+COLUMNS = ["run", "job", "method", "dataset", "arch", "seed", "train_lambda", "lambda", "metric", "value",
+           "attack", "eps", "n", "device", "torch", "precision"]
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path: Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    write_text(path, frame.to_csv(index=False))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    _atomic(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; a damaged file is a one-line error naming the fix."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}); "
+                              f"delete it or rerun with --force to retrain that job") from None
+
+
+def assemble(run_dir: Path) -> pd.DataFrame:
+    """Rebuild ``results.csv`` from the finished jobs' own rows (in any order, each exactly once)."""
+    run_dir = Path(run_dir)
+    frames = [pd.read_csv(p) for p in sorted(run_dir.glob("*/rows.csv"))]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    extra = [c for c in table.columns if c not in COLUMNS]
+    table = table[[c for c in COLUMNS if c in table.columns] + extra]
+    write_csv(run_dir / "results.csv", table)
+    return table

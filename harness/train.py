@@ -1,0 +1,135 @@
+"""The one training loop every method uses; the method supplies its training step.
+
+SGD with momentum and weight decay; cosine, cyclic or multistep schedules stepped per iteration; bf16
+autocast and channels_last on CUDA, fp32 on CPU; an atomic checkpoint at the end of every epoch, resumed
+from automatically. The loop syncs with the host only every ``log_every`` iterations (progress bar, NaN check).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .data import Dataset, DeviceLoader
+from .errors import LambenchError, TrainingDiverged
+from .store import load_checkpoint, save_checkpoint, write_csv
+
+
+def lr_factor(schedule: str, total: int, warmup_frac: float = 0.4):
+    """Learning-rate multiplier as a function of the iteration (LambdaLR, stepped every iteration)."""
+    if schedule == "cosine":
+        return lambda it: 0.5 * (1 + math.cos(math.pi * min(it, total) / total))
+    if schedule == "cyclic":  # Fast-AT: linear 0 -> peak over warmup_frac of training, then linear -> 0
+        peak = max(1, int(warmup_frac * total))
+        return lambda it: it / peak if it < peak else max(0.0, (total - it) / max(1, total - peak))
+    if schedule == "multistep":  # x0.1 at 50% and 75% (epochs 100 and 150 of 200, as the OAT/FLOAT papers)
+        return lambda it: 0.1 ** ((it >= total // 2) + (it >= 3 * total // 4))
+    raise LambenchError(f"unknown schedule {schedule!r}; choose cosine, cyclic or multistep")
+
+
+def precision_of(cfg: TrainConfig, device: torch.device) -> str:
+    if cfg.precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return cfg.precision
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train(method, model, data: Dataset, cfg: TrainConfig, job_dir: Path, device: torch.device,
+          progress: bool = True, log=print) -> list[dict]:
+    """Train ``model`` in place with ``method``; resume from ``job_dir/checkpoint.pt`` if present.
+    Returns the per-epoch history."""
+    ckpt = Path(job_dir) / "checkpoint.pt"
+    precision = precision_of(cfg, device)
+    loader = DeviceLoader(data.x_train, data.y_train, cfg.batch_size, train=True,
+                          pad=data.info.pad, flip=data.info.flip)
+    if len(loader) == 0:
+        raise LambenchError(f"batch size {cfg.batch_size} exceeds the {len(data.x_train)} training examples; lower --batch-size")
+    total = cfg.epochs * len(loader)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.schedule, total, cfg.warmup_frac))
+    history, start = [], 0
+    if ckpt.exists():
+        state = load_checkpoint(ckpt, map_location=device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        method.load_state_dict(state["method"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        history, start = state["history"], state["epoch"]
+        if state.get("finished"):
+            return history
+        log(f"resuming {job_dir.name} from epoch {start}/{cfg.epochs}")
+
+    for epoch in range(start, cfg.epochs):
+        record = _epoch(method, model, loader, opt, sched, cfg, device, precision, epoch, progress)
+        history.append(record)
+        finished = bool(record.pop("stop", False)) or epoch + 1 == cfg.epochs
+        if record.get("note"):
+            log(f"{job_dir.name}: {record['note']}")
+        rng = {"cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "method": method.state_dict(), "rng": rng,
+                               "epoch": epoch + 1, "history": history, "finished": finished})
+        write_csv(Path(job_dir) / "epochs.csv", pd.DataFrame(history))
+        if finished:
+            break
+    return history
+
+
+def _epoch(method, model, loader, opt, sched, cfg, device, precision, epoch, progress) -> dict:
+    model.train()
+    method.begin_epoch(model, epoch)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen, first_batch = 0, None
+    bar = tqdm(loader, desc=f"{method.name} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress,
+               dynamic_ncols=True)
+    for i, (x, y) in enumerate(bar):
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        if first_batch is None:
+            first_batch = (x, y)
+        with autocast(precision, device):
+            loss, logits = method.train_step(model, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        method.after_step(model, opt)
+        loss_sum += loss.detach().float() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if (i + 1) % cfg.log_every == 0 or i + 1 == len(loader):
+            mean_loss = loss_sum.item() / seen  # the only host sync
+            if not math.isfinite(mean_loss):
+                raise TrainingDiverged(f"{method.name}: loss became {mean_loss} in epoch {epoch + 1}; "
+                                       f"lower --lr (now {cfg.lr}) or use --precision fp32")
+            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}",
+                            img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    record = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+              "lr": opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen / seconds,
+              "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")}
+    record.update(method.end_epoch(model, epoch, first_batch))
+    return record

@@ -1,0 +1,115 @@
+"""The method interface and its registry.
+
+A plugin owns only what is particular to it: the layers it conditions the network with, its training step,
+its lambda grid, and how the model is configured for a given lambda. Data, attacks, the loop, AMP,
+checkpoints and timing live in ``harness``.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from harness.attacks import AttackSpec, Forward, parse_attack
+from harness.config import TrainConfig
+from harness.errors import LambenchError
+from harness.layers import LayerFactory
+from harness.models import build_model
+
+_METHODS: dict[str, type["Method"]] = {}
+
+
+def register(name: str):
+    """Class decorator: ``@register("float")`` makes the plugin available as ``--methods float``."""
+    def deco(cls):
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+    return deco
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type["Method"]:
+    if name not in _METHODS:
+        raise LambenchError(f"unknown method {name!r}; choose from: {', '.join(method_names())}")
+    return _METHODS[name]
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Temporarily put ``model`` in eval mode (attacks always run in eval mode), then restore its modes."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+class Method:
+    """Base plugin. Subclasses set ``defaults`` and override what they need."""
+
+    name = "base"
+    #: TrainConfig fields this method changes by default (a preset's general values yield to them,
+    #: explicit command-line flags override them).
+    defaults: dict = {}
+    #: training lambdas that each get a dedicated model (None: one model for the whole grid).
+    train_lambdas: tuple[float, ...] | None = None
+
+    def __init__(self, cfg: TrainConfig, eps: float, train_lambda: float | None = None):
+        self.cfg, self.eps, self.train_lambda = cfg, eps, train_lambda
+        self.attack: AttackSpec = parse_attack(cfg.train_attack)
+
+    # --- the network -------------------------------------------------------------------------------------
+    def layers(self) -> LayerFactory:
+        return LayerFactory()
+
+    def build_model(self, arch: str, info) -> nn.Module:
+        return build_model(arch, info, self.layers())
+
+    # --- training ----------------------------------------------------------------------------------------
+    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        """Return ``(loss, logits)`` for one batch; the loop does backward and the optimiser step."""
+        raise NotImplementedError
+
+    def craft(self, forward: Forward, model: nn.Module, x, y):
+        """The training attack, crafted in eval mode on ``forward`` (last iterate, no gradients on weights)."""
+        with eval_mode(model):
+            return self.attack(forward, x, y, self.eps, self.cfg.attack_step, keep_best=False)
+
+    def begin_epoch(self, model: nn.Module, epoch: int) -> None:
+        pass
+
+    def after_step(self, model: nn.Module, optimizer) -> None:
+        pass
+
+    def end_epoch(self, model: nn.Module, epoch: int, first_batch) -> dict:
+        """Per-epoch metrics to record; a true ``"stop"`` entry ends training after this epoch."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    # --- evaluation --------------------------------------------------------------------------------------
+    def lambda_grid(self) -> list[float]:
+        return [1.0 if self.train_lambda is None else self.train_lambda]
+
+    def is_random(self, lam: float) -> bool:
+        """Whether the forward pass at ``lam`` draws random noise (then clean accuracy is averaged)."""
+        return False
+
+    @contextmanager
+    def configure(self, model: nn.Module, lam: float) -> Iterator[Forward]:
+        """Put ``model`` in eval mode configured for ``lam`` and yield the forward callable that clean and
+        adversarial evaluation both use."""
+        with eval_mode(model):
+            yield model

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""lambench: train and evaluate once-for-all adversarial training methods under one protocol.
+
+  python run_all.py --methods pgd_at,fast_at                       # embedded digits, small CNN (preset smoke)
+  python run_all.py --preset cifar10-fast --methods fast_at --data-root /data
+  python run_all.py --preset paper --methods pgd_at --train-lambdas 0,0.1,0.2,0.3,0.4,1
+
+Flags override the preset; the method's own defaults (e.g. Fast-AT's cyclic schedule) sit in between.
+Rerunning the same command skips finished jobs and resumes unfinished ones from their last epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from harness.config import PRESETS, apply, check_lambda, from_preset, parse_fraction
+from harness.errors import LambenchError
+
+
+def _csv(kind=str):
+    return lambda text: tuple(kind(t.strip()) for t in text.split(",") if t.strip())
+
+
+def _lambdas(text):
+    try:
+        values = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}; write lambdas as e.g. 0,0.1,1") from None
+    return values
+
+
+def parser() -> argparse.ArgumentParser:
+    from harness.data import dataset_names
+    from harness.models import model_names
+    from methods import method_names
+    p = argparse.ArgumentParser(prog="run_all.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.split("\n\n")[1:]))
+    a = p.add_argument
+    a("--preset", default="smoke", choices=sorted(PRESETS),
+      help="starting configuration: smoke (embedded digits, small CNN, ~1 min on CPU), cifar10-fast "
+           "(PreActResNet18, short schedule, GPU), paper (ResNet34, 200 epochs, PGD-7). Default: smoke")
+    a("--methods", type=_csv(), help=f"comma list of methods: {', '.join(method_names())}")
+    a("--dataset", dest="datasets", type=_csv(), help=f"comma list of datasets: {', '.join(dataset_names())}")
+    a("--arch", dest="archs", type=_csv(), help=f"comma list of architectures: {', '.join(model_names())}")
+    a("--seeds", type=_csv(int), help="comma list of seeds, one job each (default 0)")
+    a("--train-lambdas", type=_lambdas, help="pgd_at: train one dedicated model per lambda, e.g. 0,0.1,0.2,0.3,0.4,1")
+    a("--eps", type=parse_fraction, help="L-inf budget, e.g. 8/255 (default: the dataset's: 8/255 CIFAR/SVHN, 0.1 Fashion-MNIST/digits)")
+    a("--subset", type=int, help="train on the first N training examples only (quick runs)")
+    a("--data-root", help="folder holding the datasets (default: $LAMBENCH_DATA)")
+    a("--out", help="results folder (default: results)")
+    a("--run", help="run name: results go to <out>/<run>/ (default: the preset name)")
+    a("--device", help="auto (default: cuda if available), cpu, cuda, cuda:1, ...")
+    a("--force", action="store_true", help="retrain jobs that already finished")
+    a("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
+    t = p.add_argument_group("training (override the preset and the method's defaults)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--schedule", choices=["cosine", "cyclic", "multistep"])
+    t.add_argument("--train-attack", help="pgd7 (default), pgdK, or fgsm_rs")
+    t.add_argument("--attack-step", type=parse_fraction, help="step of the training attack, e.g. 2/255")
+    t.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="auto: bf16 on CUDA, fp32 on CPU")
+    e = p.add_argument_group("evaluation")
+    e.add_argument("--eval", type=_csv(), help="comma list of attacks: pgd20 (default), pgd50x10, pgdK[xR]")
+    e.add_argument("--eval-n", type=int, help="evaluate on the first N test examples (default: all)")
+    e.add_argument("--eval-batch-size", type=int)
+    return p
+
+
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "schedule", "train_attack", "attack_step", "precision")
+EVAL_FLAGS = {"eval": "attacks", "eval_n": "n", "eval_batch_size": "batch_size"}
+
+
+def config_from_args(args):
+    """Return (RunConfig, explicit training overrides)."""
+    from harness.attacks import parse_attack
+    from methods import get_method
+    cfg = from_preset(args.preset)
+    run_fields = {k: getattr(args, k) for k in ("methods", "datasets", "archs", "seeds", "train_lambdas", "eps",
+                                               "subset", "data_root", "out", "run", "device", "progress")
+                  if getattr(args, k) is not None}
+    run_fields["force"] = args.force
+    cfg = apply(cfg, run_fields)
+    cfg = apply(cfg, {"eval": {v: getattr(args, k) for k, v in EVAL_FLAGS.items() if getattr(args, k) is not None}})
+    overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    for name in cfg.methods:  # fail before any work starts
+        get_method(name)
+    for spec in cfg.eval.attacks + ((overrides["train_attack"],) if "train_attack" in overrides else ()):
+        parse_attack(spec)
+    for lam in cfg.train_lambdas or ():
+        check_lambda(lam)
+    return cfg, overrides
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        from harness.runner import run
+        cfg, overrides = config_from_args(args)
+        run(cfg, overrides)
+    except LambenchError as exc:
+        print(f"lambench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lambench: interrupted; rerun the same command to resume from the last finished epoch", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,15 +25,20 @@ def _lambdas(text):
     try:
         values = tuple(float(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"cannot read {text!r}; write lambdas as e.g. 0,0.1,1") from None
+        raise LambenchError(f"cannot read {text!r}; write lambdas as e.g. 0,0.1,1") from None
     return values
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors are one line too
+        raise LambenchError(f"{message} (see python run_all.py --help)")
 
 
 def parser() -> argparse.ArgumentParser:
     from harness.data import dataset_names
     from harness.models import model_names
     from methods import method_names
-    p = argparse.ArgumentParser(prog="run_all.py", description=__doc__.split("\n\n")[0],
+    p = _Parser(prog="run_all.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.split("\n\n")[1:]))
     a = p.add_argument
@@ -94,8 +99,8 @@ def config_from_args(args):
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
     try:
+        args = parser().parse_args(argv)
         from harness.runner import run
         cfg, overrides = config_from_args(args)
         run(cfg, overrides)

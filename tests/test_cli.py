@@ -1,0 +1,100 @@
+"""Bad input gets a one-line error naming the fix and a non-zero exit, never a traceback."""
+import pytest
+import torch
+
+import run_all
+from conftest import run_cli
+
+
+def _main(capsys, *argv):
+    code = run_all.main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_unknown_method_real_cli(tmp_path):
+    proc = run_cli("--methods", "pgd_at,nope", "--out", str(tmp_path))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "unknown method 'nope'" in lines[0] and "pgd_at" in lines[0] and "fast_at" in lines[0]
+    assert not any(tmp_path.iterdir()), "nothing may be written before the input is checked"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--train-lambdas", "0,1.5"], "outside [0, 1]"),
+    (["--train-lambdas", "-0.1"], "outside [0, 1]"),
+    (["--dataset", "cifar10", "--data-root", "/nonexistent/lambench"], "--data-root"),
+    (["--dataset", "imagenet"], "unknown dataset"),
+    (["--arch", "resnet999"], "unknown architecture"),
+    (["--eval", "pgdx"], "unknown attack"),
+    (["--train-attack", "cw"], "unknown attack"),
+    (["--eps", "8/0"], "cannot read"),
+])
+def test_bad_input_is_one_line(capsys, tmp_path, argv, expected):
+    code, err = _main(capsys, "--methods", "pgd_at", "--out", str(tmp_path), "--no-progress", "--epochs", "1", *argv)
+    assert code == 2
+    assert err.count("\n") == 0 and expected in err and err.startswith("lambench: error:")
+
+
+def test_missing_data_env_var(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAMBENCH_DATA", str(tmp_path / "nothing-here"))
+    code, err = _main(capsys, "--methods", "pgd_at", "--dataset", "svhn", "--out", str(tmp_path), "--no-progress")
+    assert code == 2 and "svhn" in err and str(tmp_path / "nothing-here") in err and "--data-root" in err
+
+
+def test_corrupt_checkpoint(capsys, tmp_path):
+    job = tmp_path / "smoke" / "pgd_at-digits-small_cnn-s0-tl1"
+    job.mkdir(parents=True)
+    (job / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    code, err = _main(capsys, "--methods", "pgd_at", "--out", str(tmp_path), "--no-progress", "--epochs", "1")
+    assert code == 2 and "corrupt" in err and "--force" in err and err.count("\n") == 0
+    # --force is the named fix, and it works
+    code, err = _main(capsys, "--methods", "pgd_at", "--out", str(tmp_path), "--no-progress", "--epochs", "1", "--force")
+    assert code == 0, err
+
+
+def test_checkpoint_loads_weights_only(tmp_path, monkeypatch):
+    """A checkpoint holding an arbitrary pickled object is refused (weights_only=True), not executed."""
+    from harness.errors import CheckpointError
+    from harness.store import load_checkpoint
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": _Evil()}, path)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+class _Evil:
+    pass
+
+
+def test_nan_loss_is_one_line_error(capsys, tmp_path):
+    code, err = _main(capsys, "--methods", "pgd_at", "--train-lambdas", "0", "--out", str(tmp_path),
+                      "--no-progress", "--epochs", "2", "--lr", "1e30")
+    assert code == 2 and "loss became" in err and "--lr" in err
+
+
+def test_changed_settings_need_force(capsys, tmp_path):
+    base = ["--methods", "pgd_at", "--train-lambdas", "0", "--out", str(tmp_path), "--no-progress"]
+    assert _main(capsys, *base, "--epochs", "1")[0] == 0
+    code, err = _main(capsys, *base, "--epochs", "2")
+    assert code == 2 and "--force" in err
+
+
+def test_help_lists_methods_and_presets(capsys):
+    with pytest.raises(SystemExit):
+        run_all.main(["--help"])
+    out = capsys.readouterr().out
+    for word in ("pgd_at", "fast_at", "smoke", "cifar10-fast", "paper", "--data-root", "--train-lambdas"):
+        assert word in out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--epochs", "many"], "--epochs"),
+    (["--preset", "huge"], "--preset"),
+    (["--train-lambdas", "a,b"], "cannot read"),
+])
+def test_usage_errors_are_one_line(capsys, argv, expected):
+    code, err = _main(capsys, *argv)
+    assert code == 2 and err.count("\n") == 0 and expected in err

@@ -1,0 +1,79 @@
+"""Training-throughput benchmark: images/s of the real training loop (not a timed test).
+
+  python -m harness.bench --methods pgd_at --arch resnet34 --batch-size 128          # PGD-7, the issue's setting
+  python -m harness.bench --methods pgd_at,fast_at --arch preact_resnet18 --batch-size 512
+
+Runs one warm-up epoch and then times whole epochs of ``harness.train``'s loop on CIFAR-shaped uint8 data kept
+on the device (content does not change the speed of a dense network). Prints device, precision, torch version,
+images/s and CUDA peak memory, so every figure names its hardware.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from methods import get_method
+
+from .config import TrainConfig
+from .data import DatasetInfo, DeviceLoader
+from .errors import LambenchError
+from .runner import resolve_device
+from .train import _epoch, lr_factor, precision_of
+
+
+def bench(method_name: str, arch: str, batch_size: int, iters: int, device: torch.device, attack: str | None,
+          precision: str = "auto", size: int = 32, seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    info = DatasetInfo("synthetic", 10, 3, size, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26), 8 / 255, 4, True)
+    n = batch_size * iters
+    x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
+    y = torch.randint(0, 10, (n,), device=device)
+    cls = get_method(method_name)
+    fields = {**cls.defaults, "batch_size": batch_size, "epochs": 2, "precision": precision, "log_every": 10**9}
+    if attack:
+        fields["train_attack"] = attack
+    cfg = TrainConfig(**fields)
+    method = cls(cfg, info.eps)
+    model = method.build_model(arch, info).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    loader = DeviceLoader(x, y, batch_size, train=True, pad=4, flip=True)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor("cosine", 10**9))
+    prec = precision_of(cfg, device)
+    _epoch(method, model, loader, opt, sched, cfg, device, prec, 0, False)  # warm-up (cudnn autotune, allocator)
+    rec = _epoch(method, model, loader, opt, sched, cfg, device, prec, 1, False)
+    return {"method": method_name, "arch": arch, "batch_size": batch_size, "train_attack": cfg.train_attack,
+            "images_per_s": rec["images_per_s"], "seconds": rec["seconds"], "iters": iters,
+            "peak_mem_mb": rec["peak_mem_mb"], "precision": prec, "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", default="pgd_at", help="comma list (default pgd_at)")
+    p.add_argument("--arch", default="resnet34")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--iters", type=int, default=50, help="timed iterations (one extra epoch of warm-up)")
+    p.add_argument("--attack", help="training attack (default: the method's, pgd7 for pgd_at)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        torch.backends.cudnn.benchmark = True
+        for name in args.methods.split(","):
+            r = bench(name, args.arch, args.batch_size, args.iters, device, args.attack, args.precision)
+            print(f"{r['method']:8s} {r['arch']} bs={r['batch_size']} {r['train_attack']}: "
+                  f"{r['images_per_s']:.1f} images/s ({r['iters']} iters, {r['seconds']:.2f}s) "
+                  f"peak {r['peak_mem_mb']:.0f} MiB | {r['device']}, {r['precision']}, torch {r['torch']}")
+    except LambenchError as exc:
+        print(f"lambench: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,6 +62,8 @@ def pgd(forward: Forward, x, y, eps: float, alpha: float, steps: int, restarts: 
     from the same start never weaken the attack. ``keep_best=False`` (training) returns the last iterate of
     the last restart and costs no extra forward pass.
     """
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"pgd needs steps >= 1 and restarts >= 1, got {steps} and {restarts}")
     best_x = x.detach().clone()
     best_loss = torch.full(y.shape, -float("inf"), device=x.device)
     best_wrong = torch.zeros(y.shape, dtype=torch.bool, device=x.device)
@@ -116,6 +118,6 @@ def parse_attack(spec: str) -> AttackSpec:
     if spec == "fgsm_rs":
         return AttackSpec(spec, "fgsm_rs")
     m = re.fullmatch(r"pgd(\d+)(?:x(\d+))?", spec)
-    if not m or int(m.group(1)) < 1:
+    if not m or int(m.group(1)) < 1 or int(m.group(2) or 1) < 1:
         raise LambenchError(f"unknown attack {spec!r}; use fgsm_rs, pgdK (e.g. pgd7, pgd20) or pgdKxR (e.g. pgd50x10)")
     return AttackSpec(spec, "pgd", int(m.group(1)), int(m.group(2) or 1))

@@ -115,24 +115,24 @@ def _torchvision(name, cls_name, root, subdirs, split_kw):
     if root is None:
         raise _missing(name, root)
     cls = getattr(torchvision.datasets, cls_name)
-    errors = []
-    for folder in _candidates(root, *subdirs):
-        for download in (False, True):
-            try:
-                parts = [cls(str(folder), download=download, **split_kw(train)) for train in (True, False)]
-            except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, ...
-                errors.append(f"{type(exc).__name__}")
-                continue
-            out = []
-            for ds in parts:
-                x = np.asarray(ds.data)
-                if x.ndim == 3:
-                    x = x[..., None]
-                if x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3):  # SVHN stores [N, C, H, W]
-                    x = x.transpose(0, 2, 3, 1)
-                y = np.asarray(getattr(ds, "targets", getattr(ds, "labels", None)), dtype=np.int64)
-                out += [x.astype(np.uint8), y]
-            return tuple(out)
+    # Read what is there; only then try a download, into the root itself and only if it exists
+    # (so a mistyped root never gets folders created or 170 MB downloaded into it).
+    attempts = [(folder, False) for folder in _candidates(root, *subdirs)] + [(root, True)] * root.is_dir()
+    for folder, download in attempts:
+        try:
+            parts = [cls(str(folder), download=download, **split_kw(train)) for train in (True, False)]
+        except Exception:  # torchvision raises RuntimeError, URLError, OSError, ...
+            continue
+        out = []
+        for ds in parts:
+            x = np.asarray(ds.data)
+            if x.ndim == 3:
+                x = x[..., None]
+            if x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3):  # SVHN stores [N, C, H, W]
+                x = x.transpose(0, 2, 3, 1)
+            y = np.asarray(getattr(ds, "targets", getattr(ds, "labels", None)), dtype=np.int64)
+            out += [x.astype(np.uint8), y]
+        return tuple(out)
     raise _missing(name, root, "torchvision could not read or download it")
 
 
@@ -158,7 +158,7 @@ def _read_idx_gz(path: Path) -> np.ndarray:
         raw = f.read()
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()  # writable
 
 
 @register_dataset("fashion_mnist", eps=0.1, pad=2, flip=True)
@@ -187,6 +187,8 @@ def load_dataset(name: str, root: str | None = None, subset: int | None = None) 
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
     x_tr, y_tr, x_te, y_te = _LOADERS[name](data_root(root))
     if subset is not None:
+        if subset < 1:
+            raise DataError(f"--subset must be a positive number of training examples, got {subset}")
         x_tr, y_tr = x_tr[:subset], y_tr[:subset]
     d = _DEFAULTS[name]
     scaled = x_tr.reshape(-1, x_tr.shape[-1]).astype(np.float64) / 255.0

@@ -251,7 +251,7 @@ def test_parse_attack_fgsm_rs_and_step_sizes():
 
 
 @pytest.mark.parametrize("spec", ["foo", "pgd0", "pgd0x3", "pgd", "pgd20x", "pgd-1", "fgsm", "PGD20", "pgd20 ",
-                                  "", "pgd7x2x2"])
+                                  "", "pgd7x2x2", "pgd50x0"])
 def test_parse_attack_rejects(spec):
     with pytest.raises(LambenchError):
         parse_attack(spec)

@@ -30,6 +30,7 @@ def test_unknown_method_real_cli(tmp_path):
     (["--eval", "pgdx"], "unknown attack"),
     (["--train-attack", "cw"], "unknown attack"),
     (["--eps", "8/0"], "cannot read"),
+    (["--subset", "0"], "--subset"),
 ])
 def test_bad_input_is_one_line(capsys, tmp_path, argv, expected):
     code, err = _main(capsys, "--methods", "pgd_at", "--out", str(tmp_path), "--no-progress", "--epochs", "1", *argv)

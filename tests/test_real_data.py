@@ -1,0 +1,35 @@
+"""End-to-end runs on the real data in ../shared/data (slow tier: ``pytest -m slow``)."""
+import pandas as pd
+import pytest
+
+from conftest import SHARED_DATA, run_cli
+
+CIFAR = SHARED_DATA / "cifar10-subset"
+FASHION = SHARED_DATA / "fashion-mnist"
+pytestmark = pytest.mark.slow
+
+
+def _run(tmp_path, *args):
+    proc = run_cli("--methods", "pgd_at,fast_at", "--arch", "small_cnn", "--out", str(tmp_path), "--run", "r",
+                   "--no-progress", *args)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(tmp_path / "r" / "results.csv")
+    acc = table[table.metric.isin(["clean_acc", "pgd_acc"])].pivot_table(index="method", columns="metric", values="value")
+    assert set(acc.index) == {"pgd_at", "fast_at"}
+    return acc
+
+
+@pytest.mark.skipif(not (CIFAR / "train.npz").exists(), reason=f"CIFAR-10 subset not found at {CIFAR}; see ../shared/data/README.md")
+def test_cifar10_subset_end_to_end(tmp_path):
+    acc = _run(tmp_path, "--dataset", "npz", "--data-root", str(CIFAR), "--subset", "1000", "--eval-n", "200",
+               "--epochs", "3", "--batch-size", "100")
+    assert (acc.clean_acc > 0.15).all(), acc          # above chance (0.10) after a few epochs
+    assert (acc.pgd_acc <= acc.clean_acc).all(), acc
+
+
+@pytest.mark.skipif(not (FASHION / "FashionMNIST").exists(), reason=f"Fashion-MNIST not found at {FASHION}; see ../shared/data/README.md")
+def test_fashion_mnist_end_to_end(tmp_path):
+    acc = _run(tmp_path, "--dataset", "fashion_mnist", "--data-root", str(SHARED_DATA), "--subset", "2000",
+               "--eval-n", "500", "--epochs", "3", "--batch-size", "100")
+    assert (acc.clean_acc > 0.5).all(), acc
+    assert (acc.pgd_acc <= acc.clean_acc).all(), acc

@@ -38,8 +38,9 @@ class LayerFactory:
         pad = kernel // 2 if padding is None else padding
         return nn.Conv2d(cin, cout, kernel, stride=stride, padding=pad, bias=bias)
 
-    def norm(self, channels: int, shortcut: bool = False) -> nn.Module:
-        """Normalisation after a convolution; ``shortcut`` marks the projection shortcut's BN."""
+    def norm(self, channels: int, shortcut: bool = False, head: bool = False) -> nn.Module:
+        """Normalisation layer; ``shortcut`` marks a projection shortcut's BN, ``head`` the BN before the
+        classifier of pre-activation networks (FiLM conditions neither)."""
         return nn.BatchNorm2d(channels)
 
     def act(self) -> nn.Module:

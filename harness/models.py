@@ -97,7 +97,7 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         L.begin_stage(n - 1, n)
-        self.head_norm = nn.Sequential(L.norm(cin), L.act()) if preact else nn.Identity()
+        self.head_norm = nn.Sequential(L.norm(cin, head=True), L.act()) if preact else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = L.linear(cin, num_classes)
 

@@ -100,8 +100,8 @@ class RecordingFactory(LayerFactory):
         pad = kernel // 2 if padding is None else padding
         return MarkedConv(cin, cout, kernel, stride=stride, padding=pad, bias=bias)
 
-    def norm(self, channels, shortcut=False):
-        self.calls.append(("norm_shortcut" if shortcut else "norm", self.stage, channels))
+    def norm(self, channels, shortcut=False, head=False):
+        self.calls.append(("norm_shortcut" if shortcut else "norm_head" if head else "norm", self.stage, channels))
         return nn.GroupNorm(1, channels)
 
     def act(self):

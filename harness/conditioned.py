@@ -1,0 +1,128 @@
+"""Conditioned layers for the once-for-all methods, built by ``ConditionedLayers`` (a ``LayerFactory``).
+
+All layers of one model read one shared ``Condition``, which the method sets before each forward pass:
+which rows go through the clean BN, the per-sample lambda encoding for FiLM, the weight-noise scale, and
+which mask path is active. Layers never set it themselves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import LayerFactory
+
+ALL = 1 << 62  # "every row" for Condition.n_clean
+
+
+@dataclass
+class Condition:
+    n_clean: int = 0                  # the first n_clean rows use bn_clean, the rest bn_adv (ALL: every row)
+    enc: torch.Tensor | None = None   # FiLM input: [B, d] per sample, or [1, d] for the whole batch
+    noise: float = 0.0                # weight-noise scale (FLOAT: lambda on the adversarial branch, else 0)
+    path: str = "adv"                 # SMART: which mask path the masked convolutions use
+
+    def set(self, clean: bool, enc=None, noise: float = 0.0, path: str | None = None) -> "Condition":
+        self.n_clean, self.enc, self.noise = (ALL if clean else 0), enc, noise
+        self.path = path or ("clean" if clean else "adv")
+        return self
+
+
+class DualBN(nn.Module):
+    """Two BN layers per site: ``bn_clean`` for the first ``cond.n_clean`` rows, ``bn_adv`` for the rest."""
+
+    def __init__(self, channels: int, cond: Condition):
+        super().__init__()
+        self.bn_clean, self.bn_adv = nn.BatchNorm2d(channels), nn.BatchNorm2d(channels)
+        self.cond = cond
+
+    def forward(self, x):
+        k = min(self.cond.n_clean, len(x))
+        if k == 0:
+            return self.bn_adv(x)
+        if k == len(x):
+            return self.bn_clean(x)
+        return torch.cat([self.bn_clean(x[:k]), self.bn_adv(x[k:])])
+
+
+class FiLM(nn.Module):
+    """h <- scale * h + shift, with (scale, shift) = leaky_relu(MLP(enc)) per sample and channel;
+    MLP: d_in -> 2C -> 2C with LeakyReLU between (OAT)."""
+
+    def __init__(self, channels: int, d_in: int, cond: Condition):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(d_in, 2 * channels), nn.LeakyReLU(), nn.Linear(2 * channels, 2 * channels))
+        self.cond = cond
+
+    def forward(self, h):
+        scale, shift = F.leaky_relu(self.mlp(self.cond.enc.to(h.dtype))).chunk(2, dim=1)
+        return h * scale[:, :, None, None] + shift[:, :, None, None]
+
+
+class CondConv2d(nn.Conv2d):
+    """A convolution with optional weight noise (FLOAT) and binary masks (FLOATS: ``mask``; SMART:
+    ``mask_clean``/``mask_adv``), masks kept as buffers so they are saved with the model.
+
+    Noise: W~ = W + alpha * cond.noise * eta, eta ~ N(0, std(W)^2) drawn afresh at every forward pass
+    (std and eta carry no gradient), one learnable alpha per convolution initialised at 0.25; with a mask
+    the noise is masked too (``mask_noise``) so the model stays sparse at every lambda."""
+
+    def __init__(self, *args, cond: Condition, noisy: bool = False, paths: tuple[str, ...] = (),
+                 mask_noise: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cond, self.noisy, self.paths, self.mask_noise = cond, noisy, paths, mask_noise
+        if noisy:
+            self.alpha = nn.Parameter(torch.tensor(0.25))
+        for p in paths:
+            self.register_buffer(f"mask_{p}" if p else "mask", torch.ones_like(self.weight))
+
+    def current_mask(self) -> torch.Tensor | None:
+        if not self.paths:
+            return None
+        return self.mask if self.paths == ("",) else getattr(self, f"mask_{self.cond.path}")
+
+    def effective_weight(self) -> torch.Tensor:
+        w, mask = self.weight, self.current_mask()
+        if mask is not None:
+            w = w * mask
+        if self.noisy and self.cond.noise:
+            eta = torch.randn_like(w) * w.detach().std()
+            if mask is not None and self.mask_noise:
+                eta = eta * mask
+            w = w + self.alpha * self.cond.noise * eta
+        return w
+
+    def forward(self, x):
+        return self._conv_forward(x, self.effective_weight(), self.bias)
+
+
+class ConditionedLayers(LayerFactory):
+    """Layer factory for the once-for-all methods: dual BN, optional FiLM after every BN but the shortcut's
+    and the pre-activation head's (as OAT),
+    optional noisy and/or masked convolutions (masks on the stages ``mask_stages`` counts from the end)."""
+
+    def __init__(self, dual_bn: bool = True, film_dim: int | None = None, noisy: bool = False,
+                 mask_paths: tuple[str, ...] = (), mask_last_stages: int | None = None, mask_noise: bool = True):
+        super().__init__()
+        self.cond = Condition()
+        self.dual_bn, self.film_dim, self.noisy = dual_bn, film_dim, noisy
+        self.mask_paths, self.mask_last_stages, self.mask_noise = mask_paths, mask_last_stages, mask_noise
+
+    def _masked_stage(self) -> bool:
+        return self.mask_last_stages is None or self.stage >= self.num_stages - self.mask_last_stages
+
+    def conv(self, cin, cout, kernel, stride=1, padding=None, bias=False):
+        paths = self.mask_paths if self.mask_paths and self._masked_stage() else ()
+        if not (self.noisy or paths):
+            return super().conv(cin, cout, kernel, stride, padding, bias)
+        pad = kernel // 2 if padding is None else padding
+        return CondConv2d(cin, cout, kernel, stride=stride, padding=pad, bias=bias, cond=self.cond,
+                          noisy=self.noisy, paths=paths, mask_noise=self.mask_noise)
+
+    def norm(self, channels, shortcut=False, head=False):
+        bn = DualBN(channels, self.cond) if self.dual_bn else super().norm(channels, shortcut, head)
+        if self.film_dim and not (shortcut or head):
+            return nn.Sequential(bn, FiLM(channels, self.film_dim, self.cond))
+        return bn

@@ -21,6 +21,13 @@ def _csv(kind=str):
     return lambda text: tuple(kind(t.strip()) for t in text.split(",") if t.strip())
 
 
+def _option(text):
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise LambenchError(f"--opt takes KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
 def _lambdas(text):
     try:
         values = tuple(float(t) for t in text.split(",") if t.strip())
@@ -66,6 +73,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--train-attack", help="pgd7 (default), pgdK, or fgsm_rs")
     t.add_argument("--attack-step", type=parse_fraction, help="step of the training attack, e.g. 2/255")
     t.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="auto: bf16 on CUDA, fp32 on CPU")
+    t.add_argument("--opt", dest="options", action="append", type=_option, metavar="KEY=VALUE",
+                   help="method option, repeatable, e.g. --opt encoding=onehot (oat); see README")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval", type=_csv(), help="comma list of attacks: pgd20 (default), pgd50x10, pgdK[xR]")
     e.add_argument("--eval-n", type=int, help="evaluate on the first N test examples (default: all)")
@@ -73,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-TRAIN_FLAGS = ("epochs", "batch_size", "lr", "schedule", "train_attack", "attack_step", "precision")
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "schedule", "train_attack", "attack_step", "precision", "options")
 EVAL_FLAGS = {"eval": "attacks", "eval_n": "n", "eval_batch_size": "batch_size"}
 
 
@@ -89,6 +98,8 @@ def config_from_args(args):
     cfg = apply(cfg, run_fields)
     cfg = apply(cfg, {"eval": {v: getattr(args, k) for k, v in EVAL_FLAGS.items() if getattr(args, k) is not None}})
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    if "options" in overrides:
+        overrides["options"] = dict(overrides["options"])
     for name in cfg.methods:  # fail before any work starts
         get_method(name)
     for spec in cfg.eval.attacks + ((overrides["train_attack"],) if "train_attack" in overrides else ()):

@@ -24,6 +24,7 @@ class TrainConfig:
     attack_step: float | None = None  # step of the training attack, in [0,1] units; None = method default
     precision: str = "auto"      # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     log_every: int = 20          # iterations between progress-bar updates (each costs one host sync)
+    options: dict = field(default_factory=dict)  # method-specific options (--opt key=value), e.g. encoding=onehot
 
 
 @dataclass

@@ -100,7 +100,7 @@ def _epoch(method, model, loader, opt, sched, cfg, device, precision, epoch, pro
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
-    seen, first_batch = 0, None
+    seen, scored, first_batch = 0, 0, None
     bar = tqdm(loader, desc=f"{method.name} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress,
                dynamic_ncols=True)
     for i, (x, y) in enumerate(bar):
@@ -109,26 +109,27 @@ def _epoch(method, model, loader, opt, sched, cfg, device, precision, epoch, pro
         if first_batch is None:
             first_batch = (x, y)
         with autocast(precision, device):
-            loss, logits = method.train_step(model, x, y)
+            loss, logits, targets = method.train_step(model, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         method.after_step(model, opt)
         loss_sum += loss.detach().float() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
+        correct += (logits.detach().argmax(1) == targets).sum()
         seen += len(y)
+        scored += len(targets)
         if (i + 1) % cfg.log_every == 0 or i + 1 == len(loader):
             mean_loss = loss_sum.item() / seen  # the only host sync
             if not math.isfinite(mean_loss):
                 raise TrainingDiverged(f"{method.name}: loss became {mean_loss} in epoch {epoch + 1}; "
                                        f"lower --lr (now {cfg.lr}) or use --precision fp32")
-            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}",
+            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / scored:.3f}",
                             img_s=f"{seen / (time.perf_counter() - t0):.0f}")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    record = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+    record = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / scored,
               "lr": opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen / seconds,
               "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")}
     record.update(method.end_epoch(model, epoch, first_batch))

@@ -62,9 +62,21 @@ class Method:
     #: training lambdas that each get a dedicated model (None: one model for the whole grid).
     train_lambdas: tuple[float, ...] | None = None
 
+    #: method options (``--opt key=value``) and their defaults; the first value is the default
+    options: dict[str, tuple] = {}
+
     def __init__(self, cfg: TrainConfig, eps: float, train_lambda: float | None = None):
         self.cfg, self.eps, self.train_lambda = cfg, eps, train_lambda
         self.attack: AttackSpec = parse_attack(cfg.train_attack)
+        unknown = set(cfg.options) - set(self.options)
+        if unknown:
+            known = ", ".join(f"{k} ({'|'.join(map(str, v))})" for k, v in self.options.items()) or "none"
+            raise LambenchError(f"{self.name} has no option {', '.join(sorted(unknown))}; its options: {known}")
+        self.opts = {k: v[0] for k, v in self.options.items()}
+        for key, value in cfg.options.items():
+            if str(value) not in map(str, self.options[key]):
+                raise LambenchError(f"{self.name}: --opt {key}={value} is not one of {'|'.join(map(str, self.options[key]))}")
+            self.opts[key] = next(v for v in self.options[key] if str(v) == str(value))
 
     # --- the network -------------------------------------------------------------------------------------
     def layers(self) -> LayerFactory:
@@ -75,7 +87,8 @@ class Method:
 
     # --- training ----------------------------------------------------------------------------------------
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        """Return ``(loss, logits)`` for one batch; the loop does backward and the optimiser step."""
+        """Return ``(loss, logits, targets)`` for one batch (``logits`` scored against ``targets`` for the
+        progress bar's accuracy); the loop does backward and the optimiser step."""
         raise NotImplementedError
 
     def craft(self, forward: Forward, model: nn.Module, x, y):

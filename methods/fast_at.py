@@ -29,7 +29,7 @@ class FastAT(Method):
     def train_step(self, model, x, y):
         x_adv = self.craft(model, model, x, y)
         logits = model(x_adv)
-        return F.cross_entropy(logits, y), logits
+        return F.cross_entropy(logits, y), logits, y
 
     def begin_epoch(self, model, epoch):
         self.snapshot = copy.deepcopy(model.state_dict())  # the previous epoch's weights

@@ -17,10 +17,10 @@ class PGDAT(Method):
         lam = 1.0 if self.train_lambda is None else self.train_lambda
         if lam == 0:
             logits = model(x)
-            return F.cross_entropy(logits, y), logits
+            return F.cross_entropy(logits, y), logits, y
         x_adv = self.craft(model, model, x, y)
         logits = model(x_adv)
         loss = F.cross_entropy(logits, y)
         if lam < 1:  # clean and adversarial batches go through separately, so BN statistics are not mixed
             loss = (1 - lam) * F.cross_entropy(model(x), y) + lam * loss
-        return loss, logits
+        return loss, logits, y

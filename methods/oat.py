@@ -1,0 +1,109 @@
+"""OAT (Wang et al., 2020): FiLM after every BN plus dual BN, conditioned on a lambda encoding.
+
+Training lambdas {0, 0.1, 0.2, 0.3, 0.4, 1}: per batch ceil(B/6) samples get lambda = 0 (placed first,
+routed to ``bn_clean``), the rest draw uniformly from the non-zero values. Loss = mean over samples of
+(1 - lam_i) CE(clean_i) + lam_i CE(adv_i), the adversarial term only where lam_i > 0; the attack (PGD-7, step
+1.25 eps / 7, i.e. (10/255)/7 at 8/255) runs in eval mode through ``bn_adv`` at each sample's own lambda.
+Encodings (``--opt encoding=``): rand (rows of a seeded 128x128 random orthogonal matrix, default), onehot,
+dct (rows of the 128-point DCT-II basis), scalar (lambda itself: any lambda in [0, 1] at test time).
+"""
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from harness.conditioned import ConditionedLayers
+from harness.errors import LambenchError
+
+from .base import Method, eval_mode, register
+
+LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 1.0)
+DIM = 128
+ENCODING_SEED = 0
+
+
+def encoding_table(kind: str) -> torch.Tensor | None:
+    """Rows indexed by the lambda's position in LAMBDAS (None for ``scalar``)."""
+    if kind == "rand":
+        g = torch.Generator().manual_seed(ENCODING_SEED)
+        q, _ = torch.linalg.qr(torch.randn(DIM, DIM, generator=g))
+        return q[: len(LAMBDAS)].contiguous()
+    if kind == "onehot":
+        return torch.eye(len(LAMBDAS))
+    if kind == "dct":
+        n = torch.arange(DIM, dtype=torch.float32)
+        k = torch.arange(len(LAMBDAS), dtype=torch.float32)[:, None]
+        rows = torch.cos(math.pi / DIM * (n + 0.5) * k)
+        return rows / rows.norm(dim=1, keepdim=True)
+    return None
+
+
+def sample_lambdas(batch: int, device=None, generator=None) -> torch.Tensor:
+    """ceil(B/6) zeros first, then values drawn uniformly from the non-zero training lambdas."""
+    n0 = math.ceil(batch / 6)
+    nonzero = torch.tensor(LAMBDAS[1:], device=device)
+    idx = torch.randint(len(nonzero), (batch - n0,), device=device, generator=generator)
+    return torch.cat([torch.zeros(n0, device=device), nonzero[idx]])
+
+
+@register("oat")
+class OAT(Method):
+    defaults = {"train_attack": "pgd7"}
+    options = {"encoding": ("rand", "onehot", "dct", "scalar")}
+    train_lambdas = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.step = self.cfg.attack_step or 1.25 * self.eps / max(1, self.attack.steps)
+        self.table = encoding_table(self.opts["encoding"])
+
+    def layers(self):
+        d = 1 if self.table is None else self.table.shape[1]
+        self.factory = ConditionedLayers(film_dim=d)
+        return self.factory
+
+    def encode(self, lams: torch.Tensor) -> torch.Tensor:
+        if self.table is None:
+            return lams[:, None].float()
+        grid = torch.tensor(LAMBDAS, device=lams.device)
+        hit = (lams[:, None] - grid).abs() < 1e-6
+        if not hit.any(1).all():
+            raise LambenchError(f"oat with encoding {self.opts['encoding']} only knows lambda in {LAMBDAS}; "
+                                f"use --opt encoding=scalar for other values")
+        return self.table.to(lams.device)[hit.float().argmax(1)]
+
+    def train_step(self, model, x, y):
+        cond = self.factory.cond
+        lam = sample_lambdas(len(x), x.device)
+        n0 = int((lam == 0).sum())
+        enc = self.encode(lam)
+        loss = torch.zeros((), device=x.device)
+        if n0 < len(x):
+            cond.set(clean=False, enc=enc[n0:])
+            with eval_mode(model):
+                x_adv = self.attack(model, x[n0:], y[n0:], self.eps, self.step, keep_best=False)
+            ce_adv = F.cross_entropy(model(x_adv), y[n0:], reduction="none")
+            loss = loss + (lam[n0:] * ce_adv).sum()
+        cond.set(clean=False, enc=enc)
+        cond.n_clean = n0  # lambda = 0 rows -> bn_clean, the rest -> bn_adv
+        logits = model(x)
+        loss = loss + ((1 - lam) * F.cross_entropy(logits, y, reduction="none")).sum()
+        return loss / len(x), logits, y
+
+    def lambda_grid(self):
+        return list(LAMBDAS)
+
+    @contextmanager
+    def configure(self, model, lam):
+        enc = self.encode(torch.tensor([float(lam)]))
+        with eval_mode(model):
+            self.factory.cond.set(clean=lam == 0, enc=enc.to(next(model.parameters()).device))
+            yield model
+
+    def state_dict(self):
+        return {} if self.table is None else {"encoding": self.table}
+
+    def load_state_dict(self, state):
+        if "encoding" in state:
+            self.table = state["encoding"]

@@ -20,7 +20,7 @@ from .config import TrainConfig
 from .data import DatasetInfo, DeviceLoader
 from .errors import LambenchError
 from .runner import resolve_device
-from .train import _epoch, lr_factor, precision_of
+from .train import _epoch, optimizer_for, precision_of
 
 
 def bench(method_name: str, arch: str, batch_size: int, iters: int, device: torch.device, attack: str | None,
@@ -40,8 +40,7 @@ def bench(method_name: str, arch: str, batch_size: int, iters: int, device: torc
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     loader = DeviceLoader(x, y, batch_size, train=True, pad=4, flip=True)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor("cosine", 10**9))
+    opt, sched = optimizer_for(model, cfg, cfg.epochs * len(loader))
     prec = precision_of(cfg, device)
     _epoch(method, model, loader, opt, sched, cfg, device, prec, 0, False)  # warm-up (cudnn autotune, allocator)
     rec = _epoch(method, model, loader, opt, sched, cfg, device, prec, 1, False)

@@ -7,6 +7,7 @@ Rerunning skips finished jobs; ``--force`` retrains them.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -137,5 +138,4 @@ def _device_name(device: torch.device) -> str:
 
 
 def _jsonable(obj):
-    import json
     return json.loads(json.dumps(obj, sort_keys=True))

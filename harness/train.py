@@ -33,6 +33,12 @@ def lr_factor(schedule: str, total: int, warmup_frac: float = 0.4):
     raise LambenchError(f"unknown schedule {schedule!r}; choose cosine, cyclic or multistep")
 
 
+def optimizer_for(model, cfg: TrainConfig, total_iters: int):
+    """SGD with momentum and weight decay, and the schedule as a per-iteration LambdaLR."""
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.schedule, total_iters, cfg.warmup_frac))
+
+
 def precision_of(cfg: TrainConfig, device: torch.device) -> str:
     if cfg.precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
@@ -55,9 +61,7 @@ def train(method, model, data: Dataset, cfg: TrainConfig, job_dir: Path, device:
                           pad=data.info.pad, flip=data.info.flip)
     if len(loader) == 0:
         raise LambenchError(f"batch size {cfg.batch_size} exceeds the {len(data.x_train)} training examples; lower --batch-size")
-    total = cfg.epochs * len(loader)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.schedule, total, cfg.warmup_frac))
+    opt, sched = optimizer_for(model, cfg, cfg.epochs * len(loader))
     history, start = [], 0
     if ckpt.exists():
         state = load_checkpoint(ckpt, map_location=device)

@@ -7,6 +7,7 @@ routed to ``bn_clean``), the rest draw uniformly from the non-zero values. Loss 
 Encodings (``--opt encoding=``): rand (rows of a seeded 128x128 random orthogonal matrix, default), onehot,
 dct (rows of the 128-point DCT-II basis), scalar (lambda itself: any lambda in [0, 1] at test time).
 """
+import dataclasses
 import math
 from contextlib import contextmanager
 
@@ -55,7 +56,8 @@ class OAT(Method):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.step = self.cfg.attack_step or 1.25 * self.eps / max(1, self.attack.steps)
+        step = self.cfg.attack_step or 1.25 * self.eps / max(1, self.attack.steps)  # (10/255)/7 at 8/255
+        self.cfg = dataclasses.replace(self.cfg, attack_step=step)
         self.table = encoding_table(self.opts["encoding"])
 
     def layers(self):
@@ -81,8 +83,7 @@ class OAT(Method):
         loss = torch.zeros((), device=x.device)
         if n0 < len(x):
             cond.set(clean=False, enc=enc[n0:])
-            with eval_mode(model):
-                x_adv = self.attack(model, x[n0:], y[n0:], self.eps, self.step, keep_best=False)
+            x_adv = self.craft(model, model, x[n0:], y[n0:])
             ce_adv = F.cross_entropy(model(x_adv), y[n0:], reduction="none")
             loss = loss + (lam[n0:] * ce_adv).sum()
         cond.set(clean=False, enc=enc)

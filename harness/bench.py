@@ -19,7 +19,7 @@ from methods import get_method
 from .config import TrainConfig
 from .data import DatasetInfo, DeviceLoader
 from .errors import LambenchError
-from .runner import resolve_device
+from .runner import device_name, resolve_device
 from .train import _epoch, optimizer_for, precision_of
 
 
@@ -47,7 +47,7 @@ def bench(method_name: str, arch: str, batch_size: int, iters: int, device: torc
     return {"method": method_name, "arch": arch, "batch_size": batch_size, "train_attack": cfg.train_attack,
             "images_per_s": rec["images_per_s"], "seconds": rec["seconds"], "iters": iters,
             "peak_mem_mb": rec["peak_mem_mb"], "precision": prec, "torch": torch.__version__,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+            "device": device_name(device)}
 
 
 def main(argv=None) -> int:

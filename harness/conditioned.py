@@ -24,8 +24,12 @@ class Condition:
     noise: float = 0.0                # weight-noise scale (FLOAT: lambda on the adversarial branch, else 0)
     path: str = "adv"                 # SMART: which mask path the masked convolutions use
 
-    def set(self, clean: bool, enc=None, noise: float = 0.0, path: str | None = None) -> "Condition":
-        self.n_clean, self.enc, self.noise = (ALL if clean else 0), enc, noise
+    def set(self, clean: bool, enc=None, noise: float = 0.0, path: str | None = None,
+            n_clean: int | None = None) -> "Condition":
+        """Route every row clean (``clean``) or adversarial, or, with ``n_clean``, the first n_clean rows
+        to ``bn_clean`` and the rest to ``bn_adv``."""
+        self.n_clean = n_clean if n_clean is not None else (ALL if clean else 0)
+        self.enc, self.noise = enc, noise
         self.path = path or ("clean" if clean else "adv")
         return self
 
@@ -100,8 +104,8 @@ class CondConv2d(nn.Conv2d):
 
 class ConditionedLayers(LayerFactory):
     """Layer factory for the once-for-all methods: dual BN, optional FiLM after every BN but the shortcut's
-    and the pre-activation head's (as OAT),
-    optional noisy and/or masked convolutions (masks on the stages ``mask_stages`` counts from the end)."""
+    and the pre-activation head's (as OAT), optional noisy and/or masked convolutions (masks on the last
+    ``mask_last_stages`` stages; None: all)."""
 
     def __init__(self, dual_bn: bool = True, film_dim: int | None = None, noisy: bool = False,
                  mask_paths: tuple[str, ...] = (), mask_last_stages: int | None = None, mask_noise: bool = True):

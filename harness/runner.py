@@ -124,7 +124,7 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
         ("train_peak_mem_mb", max(h["peak_mem_mb"] for h in history)), ("epochs_trained", len(history)),
         ("eval_time_s", eval_s))]
     meta = {"run": run_dir.name, "job": job.name, "method": job.method, "dataset": job.dataset, "arch": job.arch,
-            "seed": job.seed, "train_lambda": job.train_lambda, "eps": eps, "device": _device_name(device),
+            "seed": job.seed, "train_lambda": job.train_lambda, "eps": eps, "device": device_name(device),
             "torch": torch.__version__, "precision": precision_of(job.train, device)}
     write_json(job_dir / "eval.json", eval_settings)
     write_csv(job_dir / "rows.csv", pd.DataFrame([meta | r for r in rows]))
@@ -133,7 +133,7 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
             log(f"  lambda={r['lambda']:g} {r['metric']}{'/' + r['attack'] if r['attack'] else ''} = {r['value']:.4f}")
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 

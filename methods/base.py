@@ -74,9 +74,10 @@ class Method:
             raise LambenchError(f"{self.name} has no option {', '.join(sorted(unknown))}; its options: {known}")
         self.opts = {k: v[0] for k, v in self.options.items()}
         for key, value in cfg.options.items():
-            if str(value) not in map(str, self.options[key]):
-                raise LambenchError(f"{self.name}: --opt {key}={value} is not one of {'|'.join(map(str, self.options[key]))}")
-            self.opts[key] = next(v for v in self.options[key] if str(v) == str(value))
+            choices = {str(v): v for v in self.options[key]}
+            if str(value) not in choices:
+                raise LambenchError(f"{self.name}: --opt {key}={value} is not one of {'|'.join(choices)}")
+            self.opts[key] = choices[str(value)]
 
     # --- the network -------------------------------------------------------------------------------------
     def layers(self) -> LayerFactory:

@@ -30,8 +30,7 @@ class FLOAT(Method):
         cond, h = self.factory.cond, len(x) // 2
         cond.set(clean=False, noise=1.0)
         x_adv = self.craft(model, model, x[h:], y[h:])
-        cond.set(clean=False)
-        cond.n_clean = h  # rows [:h] -> bn_clean, rows [h:] -> bn_adv, no noise
+        cond.set(clean=False, n_clean=h)  # rows [:h] -> bn_clean, rows [h:] -> bn_adv, no noise
         logits_clean = model(x)
         cond.set(clean=False, noise=1.0)
         logits_adv = model(x_adv)

@@ -86,8 +86,7 @@ class OAT(Method):
             x_adv = self.craft(model, model, x[n0:], y[n0:])
             ce_adv = F.cross_entropy(model(x_adv), y[n0:], reduction="none")
             loss = loss + (lam[n0:] * ce_adv).sum()
-        cond.set(clean=False, enc=enc)
-        cond.n_clean = n0  # lambda = 0 rows -> bn_clean, the rest -> bn_adv
+        cond.set(clean=False, enc=enc, n_clean=n0)  # lambda = 0 rows -> bn_clean, the rest -> bn_adv
         logits = model(x)
         loss = loss + ((1 - lam) * F.cross_entropy(logits, y, reduction="none")).sum()
         return loss / len(x), logits, y

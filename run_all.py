@@ -11,6 +11,7 @@ Rerunning the same command skips finished jobs and resumes unfinished ones from 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from harness.config import PRESETS, apply, check_lambda, from_preset, parse_fraction
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
         args = parser().parse_args(argv)
         from harness.runner import run
         cfg, overrides = config_from_args(args)
-        run(cfg, overrides)
+        run(cfg, overrides, command=" ".join(["python run_all.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))
     except LambenchError as exc:
         print(f"lambench: error: {exc}", file=sys.stderr)
         return 2

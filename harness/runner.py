@@ -70,11 +70,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run(cfg: RunConfig, train_overrides: dict | None = None, log=print) -> pd.DataFrame:
+def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command: str | None = None) -> pd.DataFrame:
+    """Run every job of ``cfg``; ``command`` (the command line) is recorded in ``<run>/run.json``."""
     device = resolve_device(cfg.device)
     jobs = expand_jobs(cfg, train_overrides)
     run_dir = Path(cfg.out) / (cfg.run or "run")
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "run.json", {"command": command or "", "config": _jsonable(dataclasses.asdict(cfg)),
+                                      "device": device_name(device), "versions": versions()})
     datasets: dict[str, Dataset] = {}
     for i, job in enumerate(jobs, 1):
         if job.dataset not in datasets:  # loaded once, kept on the device as uint8
@@ -135,6 +138,19 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def versions() -> dict:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "cuda": torch.version.cuda or "", "platform": platform.platform()}
+    for pkg in ("lambench", "torchvision", "pyautoattack", "timm"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = ""
+    return out
 
 
 def _jsonable(obj):

@@ -22,15 +22,14 @@ class Condition:
     n_clean: int = 0                  # the first n_clean rows use bn_clean, the rest bn_adv (ALL: every row)
     enc: torch.Tensor | None = None   # FiLM input: [B, d] per sample, or [1, d] for the whole batch
     noise: float = 0.0                # weight-noise scale (FLOAT: lambda on the adversarial branch, else 0)
-    path: str = "adv"                 # SMART: which mask path the masked convolutions use
+    path: str = "adv"                 # SMART: the mask path of a batch routed all one way (follows n_clean)
 
-    def set(self, clean: bool, enc=None, noise: float = 0.0, path: str | None = None,
-            n_clean: int | None = None) -> "Condition":
+    def set(self, clean: bool, enc=None, noise: float = 0.0, n_clean: int | None = None) -> "Condition":
         """Route every row clean (``clean``) or adversarial, or, with ``n_clean``, the first n_clean rows
-        to ``bn_clean`` and the rest to ``bn_adv``."""
+        to ``bn_clean`` (and SMART's clean mask path) and the rest to ``bn_adv`` (and the adversarial path)."""
         self.n_clean = n_clean if n_clean is not None else (ALL if clean else 0)
         self.enc, self.noise = enc, noise
-        self.path = path or ("clean" if clean else "adv")
+        self.path = "clean" if self.n_clean >= ALL else "adv"
         return self
 
 
@@ -66,31 +65,39 @@ class FiLM(nn.Module):
 
 
 class CondConv2d(nn.Conv2d):
-    """A convolution with optional weight noise (FLOAT) and binary masks (FLOATS: ``mask``; SMART:
-    ``mask_clean``/``mask_adv``), masks kept as buffers so they are saved with the model.
+    """A convolution with optional weight noise (FLOAT) and binary masks kept as buffers, so they are saved
+    with the model: one ``mask`` (FLOATS) or ``mask_clean``/``mask_adv`` (SMART: rows routed to ``bn_clean``
+    take the clean path, the others the adversarial one).
 
     Noise: W~ = W + alpha * cond.noise * eta, eta ~ N(0, std(W)^2) drawn afresh at every forward pass
     (std and eta carry no gradient), one learnable alpha per convolution initialised at 0.25; with a mask
-    the noise is masked too (``mask_noise``) so the model stays sparse at every lambda."""
+    the noise is masked too (``mask_noise``) so the model stays sparse at every lambda.
+    ``dense_grad``: the forward uses W*M but the gradient reaches every entry of W (straight through the
+    mask), so the optimiser's momentum can score pruned weights for regrowth (FLOATS)."""
 
     def __init__(self, *args, cond: Condition, noisy: bool = False, paths: tuple[str, ...] = (),
-                 mask_noise: bool = True, **kwargs):
+                 mask_noise: bool = True, dense_grad: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.cond, self.noisy, self.paths, self.mask_noise = cond, noisy, paths, mask_noise
+        self.cond, self.noisy, self.paths = cond, noisy, paths
+        self.mask_noise, self.dense_grad = mask_noise, dense_grad
         if noisy:
             self.alpha = nn.Parameter(torch.tensor(0.25))
         for p in paths:
             self.register_buffer(f"mask_{p}" if p else "mask", torch.ones_like(self.weight))
 
-    def current_mask(self) -> torch.Tensor | None:
+    def masks(self) -> dict[str, torch.Tensor]:
+        return {p: getattr(self, f"mask_{p}" if p else "mask") for p in self.paths}
+
+    def current_mask(self, path: str | None = None) -> torch.Tensor | None:
+        """The mask in use for a batch routed all one way (None: unmasked)."""
         if not self.paths:
             return None
-        return self.mask if self.paths == ("",) else getattr(self, f"mask_{self.cond.path}")
+        return self.mask if self.paths == ("",) else getattr(self, f"mask_{path or self.cond.path}")
 
-    def effective_weight(self) -> torch.Tensor:
-        w, mask = self.weight, self.current_mask()
+    def effective_weight(self, path: str | None = None) -> torch.Tensor:
+        w, mask = self.weight, self.current_mask(path)
         if mask is not None:
-            w = w * mask
+            w = w + (w * mask - w).detach() if self.dense_grad else w * mask
         if self.noisy and self.cond.noise:
             eta = torch.randn_like(w) * w.detach().std()
             if mask is not None and self.mask_noise:
@@ -99,31 +106,38 @@ class CondConv2d(nn.Conv2d):
         return w
 
     def forward(self, x):
+        k = min(self.cond.n_clean, len(x))
+        if len(self.paths) == 2 and 0 < k < len(x):  # split rows: clean path first, adversarial path after
+            return torch.cat([self._conv_forward(x[:k], self.effective_weight("clean"), self.bias),
+                              self._conv_forward(x[k:], self.effective_weight("adv"), self.bias)])
         return self._conv_forward(x, self.effective_weight(), self.bias)
 
 
 class ConditionedLayers(LayerFactory):
     """Layer factory for the once-for-all methods: dual BN, optional FiLM after every BN but the shortcut's
     and the pre-activation head's (as OAT), optional noisy and/or masked convolutions (masks on the last
-    ``mask_last_stages`` stages; None: all)."""
+    ``mask_last_stages`` stages; None: all; ``noisy_masked=False`` keeps noise off the masked ones)."""
 
     def __init__(self, dual_bn: bool = True, film_dim: int | None = None, noisy: bool = False,
-                 mask_paths: tuple[str, ...] = (), mask_last_stages: int | None = None, mask_noise: bool = True):
+                 mask_paths: tuple[str, ...] = (), mask_last_stages: int | None = None, mask_noise: bool = True,
+                 noisy_masked: bool = True, dense_grad: bool = False):
         super().__init__()
         self.cond = Condition()
-        self.dual_bn, self.film_dim, self.noisy = dual_bn, film_dim, noisy
+        self.dual_bn, self.film_dim, self.noisy, self.noisy_masked = dual_bn, film_dim, noisy, noisy_masked
         self.mask_paths, self.mask_last_stages, self.mask_noise = mask_paths, mask_last_stages, mask_noise
+        self.dense_grad = dense_grad
 
     def _masked_stage(self) -> bool:
         return self.mask_last_stages is None or self.stage >= self.num_stages - self.mask_last_stages
 
     def conv(self, cin, cout, kernel, stride=1, padding=None, bias=False):
         paths = self.mask_paths if self.mask_paths and self._masked_stage() else ()
-        if not (self.noisy or paths):
+        noisy = self.noisy and (self.noisy_masked or not paths)
+        if not (noisy or paths):
             return super().conv(cin, cout, kernel, stride, padding, bias)
         pad = kernel // 2 if padding is None else padding
         return CondConv2d(cin, cout, kernel, stride=stride, padding=pad, bias=bias, cond=self.cond,
-                          noisy=self.noisy, paths=paths, mask_noise=self.mask_noise)
+                          noisy=noisy, paths=paths, mask_noise=self.mask_noise, dense_grad=self.dense_grad)
 
     def norm(self, channels, shortcut=False, head=False):
         bn = DualBN(channels, self.cond) if self.dual_bn else super().norm(channels, shortcut, head)

@@ -136,5 +136,5 @@ def _epoch(method, model, loader, opt, sched, cfg, device, precision, epoch, pro
     record = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / scored,
               "lr": opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen / seconds,
               "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")}
-    record.update(method.end_epoch(model, epoch, first_batch))
+    record.update(method.end_epoch(model, epoch, first_batch, opt))
     return record

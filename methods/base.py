@@ -40,6 +40,12 @@ def get_method(name: str) -> type["Method"]:
     return _METHODS[name]
 
 
+def _describe(spec: tuple) -> str:
+    if isinstance(spec[-1], type):
+        return f"a {spec[-1].__name__}, default {spec[0]}"
+    return "|".join(map(str, spec))
+
+
 @contextmanager
 def eval_mode(model: nn.Module):
     """Temporarily put ``model`` in eval mode (attacks always run in eval mode), then restore its modes."""
@@ -62,7 +68,8 @@ class Method:
     #: training lambdas that each get a dedicated model (None: one model for the whole grid).
     train_lambdas: tuple[float, ...] | None = None
 
-    #: method options (``--opt key=value``) and their defaults; the first value is the default
+    #: method options (``--opt key=value``): a tuple of allowed values, the first the default, or
+    #: ``(default, type)`` for any value of that type (e.g. ``"density": (0.5, float)``)
     options: dict[str, tuple] = {}
 
     def __init__(self, cfg: TrainConfig, eps: float, train_lambda: float | None = None):
@@ -70,14 +77,23 @@ class Method:
         self.attack: AttackSpec = parse_attack(cfg.train_attack)
         unknown = set(cfg.options) - set(self.options)
         if unknown:
-            known = ", ".join(f"{k} ({'|'.join(map(str, v))})" for k, v in self.options.items()) or "none"
+            known = ", ".join(f"{k} ({_describe(v)})" for k, v in self.options.items()) or "none"
             raise LambenchError(f"{self.name} has no option {', '.join(sorted(unknown))}; its options: {known}")
         self.opts = {k: v[0] for k, v in self.options.items()}
         for key, value in cfg.options.items():
-            choices = {str(v): v for v in self.options[key]}
-            if str(value) not in choices:
-                raise LambenchError(f"{self.name}: --opt {key}={value} is not one of {'|'.join(choices)}")
-            self.opts[key] = choices[str(value)]
+            self.opts[key] = self._parse_option(key, value)
+
+    def _parse_option(self, key, value):
+        spec = self.options[key]
+        if isinstance(spec[-1], type):
+            try:
+                return spec[-1](value)
+            except ValueError:
+                raise LambenchError(f"{self.name}: --opt {key}={value} is not a {spec[-1].__name__}") from None
+        choices = {str(v): v for v in spec}
+        if str(value) not in choices:
+            raise LambenchError(f"{self.name}: --opt {key}={value} is not one of {'|'.join(choices)}")
+        return choices[str(value)]
 
     # --- the network -------------------------------------------------------------------------------------
     def layers(self) -> LayerFactory:
@@ -103,7 +119,7 @@ class Method:
     def after_step(self, model: nn.Module, optimizer) -> None:
         pass
 
-    def end_epoch(self, model: nn.Module, epoch: int, first_batch) -> dict:
+    def end_epoch(self, model: nn.Module, epoch: int, first_batch, optimizer=None) -> dict:
         """Per-epoch metrics to record; a true ``"stop"`` entry ends training after this epoch."""
         return {}
 

@@ -34,7 +34,7 @@ class FastAT(Method):
     def begin_epoch(self, model, epoch):
         self.snapshot = copy.deepcopy(model.state_dict())  # the previous epoch's weights
 
-    def end_epoch(self, model, epoch, first_batch):
+    def end_epoch(self, model, epoch, first_batch, optimizer=None):
         x, y = first_batch
         with eval_mode(model):
             x_adv = GUARD_ATTACK(model, x, y, self.eps)

@@ -1,0 +1,70 @@
+"""SMART: FLOAT with two expert paths through binary masks on the last two stages (``stages=all``: every
+stage). The clean path uses W * M_clean with ``bn_clean``, the adversarial path W * M_adv with ``bn_adv``;
+the earlier, shared stages carry FLOAT's weight noise on the adversarial branch. Training as ``float``.
+
+Masks (``--opt masks=``): ``complement`` (default: M_clean ~ Bernoulli(density), M_adv = 1 - M_clean; the
+Bernoulli draw is made exact, round(density * n) ones per layer), ``overlap`` (independent masks of
+densities ``density`` and ``adv_density``), ``magnitude`` (the ``density`` largest |W| at initialisation
+form M_clean, the rest M_adv).
+Evaluation, lambda in 0, 0.1, ..., 1: lambda < 0.1 is the clean path; otherwise (``mix=noise``, default)
+the adversarial path with noise alpha * lambda * eta on the shared layers, or (``mix=paths``) the logits
+(1 - lambda) * clean path + lambda * adversarial path (noise at lambda = 1), attacked as one model.
+"""
+from contextlib import contextmanager
+
+import torch
+
+from harness.conditioned import ConditionedLayers
+from harness.errors import LambenchError
+from harness.sparse import masked_convs, random_mask, top_mask
+
+from .base import eval_mode, register
+from .float import CLEAN_BELOW, FLOAT
+
+
+@register("smart")
+class SMART(FLOAT):
+    options = {"masks": ("complement", "overlap", "magnitude"), "density": (0.5, float),
+               "adv_density": (0.5, float), "stages": ("last2", "all"), "mix": ("noise", "paths")}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not (0 < self.opts["density"] < 1 and 0 < self.opts["adv_density"] <= 1):
+            raise LambenchError("smart: --opt density must be in (0, 1) and adv_density in (0, 1]")
+
+    def layers(self):
+        self.factory = ConditionedLayers(noisy=True, mask_paths=("clean", "adv"), noisy_masked=False,
+                                         mask_last_stages=2 if self.opts["stages"] == "last2" else None)
+        return self.factory
+
+    def build_model(self, arch, info):
+        model = super().build_model(arch, info)
+        d, kind = self.opts["density"], self.opts["masks"]
+        for conv in masked_convs(model):
+            w = conv.weight.detach()
+            clean = top_mask(w.abs(), round(d * w.numel())) if kind == "magnitude" else random_mask(w, d)
+            adv = random_mask(w, self.opts["adv_density"]) if kind == "overlap" else 1 - clean
+            conv.mask_clean.copy_(clean)
+            conv.mask_adv.copy_(adv)
+        return model
+
+    def is_random(self, lam):
+        has_noise = self.opts["stages"] == "last2"
+        return has_noise and lam >= CLEAN_BELOW
+
+    @contextmanager
+    def configure(self, model, lam):
+        if self.opts["mix"] == "noise" or lam < CLEAN_BELOW or lam == 1:
+            with super().configure(model, lam) as forward:
+                yield forward
+            return
+        cond = self.factory.cond
+
+        def mixed(x):
+            cond.set(clean=True)
+            clean = model(x)
+            cond.set(clean=False, noise=1.0)
+            return torch.lerp(clean, model(x), lam)
+
+        with eval_mode(model):
+            yield mixed

@@ -1,0 +1,221 @@
+"""The sparse once-for-all methods (issue 3): FLOATS's masks, prune and regrow; SMART's two mask paths."""
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.conditioned import CondConv2d
+from harness.config import TrainConfig
+from harness.data import DatasetInfo
+from harness.errors import LambenchError
+from harness.sparse import _allocate, apply_masks, masked_convs, prune_and_regrow, random_mask
+from harness.train import optimizer_for
+from methods import get_method
+
+DIGITS = DatasetInfo("d", 10, 1, 8, (0.5,), (0.25,), 0.1, 1, False)
+CIFAR = DatasetInfo("c", 10, 3, 32, (0.5,) * 3, (0.25,) * 3, 8 / 255, 4, True)
+
+
+def _method(name, epochs=4, **options):
+    cfg = TrainConfig(epochs=epochs, train_attack="pgd2", options={k: str(v) for k, v in options.items()})
+    return get_method(name)(cfg, 0.1)
+
+
+def _floats_model(**options):
+    torch.manual_seed(0)
+    method = _method("floats", **options)
+    return method, method.build_model("small_cnn", DIGITS)
+
+
+def _train_steps(method, model, steps=2, batch=8):
+    opt, _ = optimizer_for(model, TrainConfig(lr=0.05), 10)
+    model.train()
+    for _ in range(steps):
+        x, y = torch.rand(batch, 1, 8, 8), torch.randint(0, 10, (batch,))
+        loss, _, _ = method.train_step(model, x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.after_step(model, opt)
+    return opt
+
+
+def test_random_mask_has_exact_density():
+    torch.manual_seed(0)
+    m = random_mask(torch.empty(64, 32, 3, 3), 0.3)
+    assert m.sum().item() == round(0.3 * m.numel()) and set(m.unique().tolist()) == {0.0, 1.0}
+
+
+def test_floats_masks_every_conv_at_the_density_and_not_the_classifier():
+    method, model = _floats_model(density=0.25)
+    convs = masked_convs(model)
+    assert len(convs) == 3 and all(c.paths == ("",) for c in convs)
+    for conv in convs:
+        assert conv.mask.mean().item() == pytest.approx(0.25, abs=1 / conv.mask.numel())
+        assert (conv.weight[conv.mask == 0] == 0).all()
+    assert not isinstance(model[1][-1], CondConv2d) and (model[1][-1].weight != 0).all()
+
+
+def test_floats_weights_stay_zero_outside_the_mask_but_momentum_reaches_them():
+    method, model = _floats_model()
+    opt = _train_steps(method, model)
+    for conv in masked_convs(model):
+        assert (conv.weight[conv.mask == 0] == 0).all(), "W <- W*M after every step"
+        mom = opt.state[conv.weight]["momentum_buffer"]
+        assert mom[conv.mask == 0].abs().sum() > 0, "pruned weights need momentum to be scored for regrowth"
+
+
+@pytest.mark.parametrize("redistribution", ["none", "momentum"])
+def test_prune_and_regrow_keeps_density(redistribution):
+    method, model = _floats_model(redistribution=redistribution)
+    opt = _train_steps(method, model)
+    convs = masked_convs(model)
+    before = [c.mask.clone() for c in convs]
+    stats = prune_and_regrow(model, opt, 0.5, redistribute=redistribution == "momentum")
+    after = [c.mask for c in convs]
+    assert stats["pruned"] == stats["regrown"] > 0
+    assert sum(a.sum() for a in after) == sum(b.sum() for b in before), "total non-zeros kept exactly"
+    if redistribution == "none":
+        for a, b in zip(after, before):
+            assert a.sum() == b.sum(), "each layer keeps its density"
+    assert any((a != b).any() for a, b in zip(after, before)), "the masks must actually change"
+    for conv in convs:
+        assert set(conv.mask.unique().tolist()) <= {0.0, 1.0}
+        assert (conv.weight[conv.mask == 0] == 0).all()
+
+
+def test_prune_removes_the_smallest_magnitudes_and_regrows_the_largest_momentum():
+    torch.manual_seed(0)
+    method, model = _floats_model(density=0.5)
+    conv = masked_convs(model)[0]
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(1, conv.weight.numel() + 1, dtype=torch.float).view_as(conv.weight))
+        conv.mask.zero_().view(-1)[: conv.mask.numel() // 2] = 1
+        apply_masks(model)
+    opt, _ = optimizer_for(model, TrainConfig(), 10)
+    for c in masked_convs(model):
+        opt.state[c.weight]["momentum_buffer"] = torch.zeros_like(c.weight)
+    mom = opt.state[conv.weight]["momentum_buffer"].view(-1)
+    n = conv.mask.numel()
+    mom[-4:] = torch.tensor([1.0, 2.0, 3.0, 4.0])  # the four zero positions with the largest momentum
+    prune_and_regrow(model, opt, 4 / (n // 2), redistribute=False)
+    flat = conv.mask.view(-1)
+    assert flat[:4].sum() == 0 and flat[4: n // 2].all(), "the four smallest |W| are pruned"
+    assert flat[-4:].all(), "regrown where the momentum is largest"
+    assert (conv.weight.view(-1)[-4:] == 0).all(), "regrown weights start at zero"
+
+
+def test_allocate_respects_capacity_and_total():
+    assert _allocate(10, [1.0, 1.0], [100, 100]) == [5, 5]
+    assert _allocate(10, [3.0, 1.0], [2, 100]) == [2, 8]
+    assert sum(_allocate(7, [0.2, 0.3, 0.5], [3, 3, 3])) == 7
+    assert _allocate(5, [0.0, 0.0], [10, 10]) in ([3, 2], [2, 3])
+
+
+def test_floats_prune_rate_decays_linearly_to_zero():
+    method = _method("floats", epochs=5)
+    assert [method.prune_rate_at(e) for e in range(5)] == pytest.approx([0.5, 0.375, 0.25, 0.125, 0.0])
+
+
+def test_floats_noise_is_masked_unless_turned_off():
+    for flag, expect_sparse in (("on", True), ("off", False)):
+        method, model = _floats_model(mask_noise=flag)
+        conv = masked_convs(model)[1]
+        method.factory.cond.set(clean=False, noise=1.0)
+        w = conv.effective_weight()
+        assert ((w[conv.mask == 0] == 0).all()) == expect_sparse
+
+
+def test_floats_masks_survive_save_and_load():
+    method, model = _floats_model()
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    torch.manual_seed(1)
+    _, other = _floats_model()
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    for a, b in zip(masked_convs(model), masked_convs(other)):
+        assert torch.equal(a.mask, b.mask)
+
+
+def test_floats_options_are_checked():
+    with pytest.raises(LambenchError, match="density"):
+        _method("floats", density=1.5)
+    with pytest.raises(LambenchError, match="not a float"):
+        _method("floats", density="half")
+
+
+def _smart_model(**options):
+    torch.manual_seed(0)
+    method = _method("smart", **options)
+    return method, method.build_model("resnet34", CIFAR)
+
+
+def test_smart_masks_are_complementary_on_the_last_two_stages_only():
+    method, model = _smart_model()
+    net = model[1]
+    for name, module in net.named_modules():
+        if isinstance(module, CondConv2d) and module.paths:
+            assert name.startswith(("stages.2", "stages.3")), name
+            assert torch.equal(module.mask_clean + module.mask_adv, torch.ones_like(module.weight))
+            assert module.mask_clean.mean().item() == pytest.approx(0.5, abs=1e-3)
+            assert not module.noisy, "the expert paths carry no noise"
+        elif isinstance(module, CondConv2d):
+            assert name.startswith(("stem", "stages.0", "stages.1")) and module.noisy
+    assert sum(len(c.paths) for c in masked_convs(model)) == 2 * 20  # (6 + 3 blocks) x 2 convs + 2 shortcuts, 2 paths each
+
+
+def test_smart_options_change_the_masks():
+    torch.manual_seed(0)
+    method = _method("smart", masks="overlap", density=0.3, adv_density=0.6, stages="all")
+    model = method.build_model("small_cnn", DIGITS)
+    convs = masked_convs(model)
+    assert len(convs) == 3 and all(not c.noisy for c in convs), "stages=all masks every conv, so no noise"
+    clean = sum(c.mask_clean.sum() for c in convs) / sum(c.weight.numel() for c in convs)
+    adv = sum(c.mask_adv.sum() for c in convs) / sum(c.weight.numel() for c in convs)
+    assert clean == pytest.approx(0.3, abs=1e-3) and adv == pytest.approx(0.6, abs=1e-3)
+    model = _method("smart", masks="magnitude").build_model("small_cnn", DIGITS)
+    conv = masked_convs(model)[0]
+    assert conv.weight.abs()[conv.mask_clean == 1].min() >= conv.weight.abs()[conv.mask_adv == 1].max()
+
+
+def test_smart_routes_rows_through_their_path():
+    torch.manual_seed(0)
+    method = _method("smart")
+    model = method.build_model("small_cnn", DIGITS).eval()
+    cond = method.factory.cond
+    x = torch.rand(6, 1, 8, 8)
+    cond.set(clean=True)
+    clean = model(x)
+    cond.set(clean=False)
+    adv = model(x)
+    cond.set(clean=False, n_clean=2)
+    split = model(x)
+    assert torch.allclose(split[:2], clean[:2], atol=1e-5) and torch.allclose(split[2:], adv[2:], atol=1e-5)
+    assert not torch.allclose(clean, adv)
+
+
+def test_smart_clean_path_gradient_touches_only_its_mask():
+    torch.manual_seed(0)
+    method = _method("smart")
+    model = method.build_model("small_cnn", DIGITS).eval()
+    method.factory.cond.set(clean=True)
+    F.cross_entropy(model(torch.rand(4, 1, 8, 8)), torch.arange(4)).backward()
+    for conv in masked_convs(model):
+        assert (conv.weight.grad[conv.mask_clean == 0] == 0).all()
+
+
+def test_smart_mix_paths_interpolates_the_logits():
+    torch.manual_seed(0)
+    method = _method("smart", mix="paths", stages="all")  # no noise anywhere: deterministic
+    model = method.build_model("small_cnn", DIGITS)
+    x = torch.rand(4, 1, 8, 8)
+    with method.configure(model, 0.0) as f:
+        clean = f(x)
+    with method.configure(model, 1.0) as f:
+        adv = f(x)
+    with method.configure(model, 0.3) as f:
+        mid = f(x)
+    assert torch.allclose(mid, 0.7 * clean + 0.3 * adv, atol=1e-5)
+    assert not method.is_random(0.5)

@@ -1,0 +1,117 @@
+"""The regression tables: every method trained on small data under fixed seeds, scored per lambda, and
+compared with a stored reference table (tests/reference/<tier>.csv) within tolerance bands.
+
+Tiers: ``digits`` (the embedded data; runs in the default CI), ``cifar10-subset`` (a few hundred images of
+../shared/data/cifar10-subset with the small CNN; runs where that folder exists) and ``digits-long``
+(marked slow: the full digits training set for longer, run on request with ``pytest -m slow``).
+
+Regenerate a reference after a deliberate change to training or evaluation, and commit the csv:
+
+    python tests/regression.py --write                  # every tier whose data is present
+    python tests/regression.py --write --tier digits    # one tier
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from harness.config import apply, from_preset  # noqa: E402
+from harness.runner import run  # noqa: E402
+
+REFERENCE = HERE / "reference"
+SHARED_CIFAR = HERE.parent.parent / "shared" / "data" / "cifar10-subset"
+METHODS = ("pgd_at", "fast_at", "oat", "float", "floats", "smart")
+METRICS = ("clean_acc", "pgd_acc", "aa_acc")
+
+# Each tier: RunConfig overrides on top of the smoke preset. eps 0.2 on digits makes the dial of every
+# once-for-all method clearly visible in a short run (at 0.1 robust accuracy of the FLOAT family barely
+# moves with lambda); PGD-3 training and PGD-10 scoring keep the digits tier near a minute on 2 cores.
+# AutoAttack, the sanity checks and complexity are tested on their own (test_autoattack, test_checks,
+# test_complexity); here they are off so the tier measures training and PGD scoring only.
+FAST_EVAL = dict(aa="off", checks=False, complexity=False)
+TIERS: dict[str, dict] = {
+    "digits": dict(datasets=("digits",), eps=0.2,
+                   train=dict(epochs=15, batch_size=64, lr=0.1, train_attack="pgd3"),
+                   eval=dict(FAST_EVAL, attacks=("pgd10",))),
+    "cifar10-subset": dict(datasets=("npz",), data_root=str(SHARED_CIFAR), subset=500, eps=8 / 255,
+                           train=dict(epochs=4, batch_size=64, lr=0.05, train_attack="pgd3"),
+                           eval=dict(FAST_EVAL, attacks=("pgd10",), n=200)),
+    "digits-long": dict(datasets=("digits",), eps=0.2,
+                        train=dict(epochs=40, batch_size=64, lr=0.1, train_attack="pgd7"),
+                        eval=dict(FAST_EVAL, attacks=("pgd20",))),
+}
+
+
+def available(tier: str) -> bool:
+    return tier != "cifar10-subset" or (SHARED_CIFAR / "train.npz").exists()
+
+
+def run_tier(tier: str, out: Path) -> pd.DataFrame:
+    """Train and score every method of ``tier`` under ``out``; return its accuracy rows."""
+    cfg = apply(from_preset("smoke"), dict(TIERS[tier], methods=METHODS, out=str(out), run=tier, progress=False))
+    table = run(cfg, log=lambda *a, **k: None)
+    return accuracies(table)
+
+
+def accuracies(table: pd.DataFrame) -> pd.DataFrame:
+    rows = table[table.metric.isin(METRICS)]
+    cols = ["method", "train_lambda", "lambda", "metric", "attack", "n", "value"]
+    rows = rows[[c for c in cols if c in rows.columns]].copy()
+    rows["attack"] = rows["attack"].fillna("")
+    return rows.sort_values(cols[:5]).reset_index(drop=True)
+
+
+def tolerance(p: float, n: int) -> float:
+    """Band for one accuracy: 3 binomial standard errors at the reference value, at least 0.05 (training on
+    another CPU or torch build may take a slightly different path)."""
+    return max(0.05, 3 * math.sqrt(max(p * (1 - p), 1e-4) / n))
+
+
+def compare(table: pd.DataFrame, reference: pd.DataFrame) -> list[str]:
+    """One line per accuracy outside its band, or missing on either side."""
+    key = ["method", "lambda", "metric", "attack"]
+    ref = reference.assign(attack=reference["attack"].fillna(""))
+    merged = ref.merge(table, on=key, how="outer", suffixes=("_ref", ""), indicator=True)
+    problems = []
+    for r in merged.to_dict("records"):
+        where = f"{r['method']} lambda={r['lambda']:g} {r['metric']}{'/' + r['attack'] if r['attack'] else ''}"
+        if r["_merge"] != "both":
+            problems.append(f"{where}: " + ("missing from the run" if r["_merge"] == "left_only" else "not in the reference"))
+            continue
+        band = tolerance(r["value_ref"], int(r["n_ref"]))
+        if abs(r["value"] - r["value_ref"]) > band:
+            problems.append(f"{where}: {r['value']:.3f}, reference {r['value_ref']:.3f} (band ±{band:.3f})")
+    return problems
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Run the regression tiers and write or check their references.")
+    p.add_argument("--tier", action="append", choices=sorted(TIERS), help="default: every tier with its data")
+    p.add_argument("--write", action="store_true", help="write tests/reference/<tier>.csv from this run")
+    args = p.parse_args(argv)
+    status = 0
+    for tier in args.tier or [t for t in TIERS if available(t)]:
+        with tempfile.TemporaryDirectory() as tmp:
+            table = run_tier(tier, Path(tmp))
+        path = REFERENCE / f"{tier}.csv"
+        if args.write:
+            REFERENCE.mkdir(exist_ok=True)
+            table.to_csv(path, index=False, float_format="%.4f")
+            print(f"wrote {path} ({len(table)} rows)")
+        else:
+            problems = compare(table, pd.read_csv(path))
+            print(f"{tier}: {'ok' if not problems else chr(10).join(problems)}")
+            status |= bool(problems)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Accuracy figures: the clean/robust trade-off and accuracy against lambda.
+
+Every ``draw_*`` function draws into a matplotlib Figure or SubFigure it is given, so the same drawing makes
+the standalone PNG/PDF files (``save``) and the report PDF's pages. Accuracies are plotted in percent.
+A panel without data says so, in the panel, instead of staying empty.
+"""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib.colors
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from . import style
+from .files import write_atomic
+from .tables import has, pareto
+
+ROBUST_NAMES = {"pgd": "PGD", "aa": "AutoAttack"}
+#: where each missing robust metric comes from, for the panel that stays empty
+MISSING_HINT = {"pgd": "no pgd_acc rows: run python run_all.py --eval pgd20",
+                "aa": "no aa_acc rows: run with --aa standard"}
+LABEL_OFFSETS = [((5, 4), "left", "bottom"), ((5, -5), "left", "top"), ((-5, 4), "right", "bottom"),
+                 ((-5, -5), "right", "top"), ((0, 7), "center", "bottom"), ((0, -8), "center", "top"),
+                 ((9, 0), "left", "center"), ((-9, 0), "right", "center")]
+
+
+def save(draw, size: tuple[float, float], stem: Path, exts=("png", "pdf")) -> dict[str, Path]:
+    """Draw into a new figure of ``size`` inches and save it as ``stem``.png and ``stem``.pdf (``exts``)."""
+    fig = new_figure(size, layout="constrained")
+    draw(fig)
+    out = {}
+    for ext in exts:
+        out[ext] = write_atomic(stem.with_suffix(f".{ext}"), lambda f, ext=ext: fig.savefig(f, format=ext, dpi=150))
+    return out
+
+
+def new_figure(size: tuple[float, float], **kwargs) -> Figure:
+    """A figure on an Agg canvas (labels are placed by measuring text, which needs a renderer)."""
+    fig = Figure(figsize=size, **kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def panels(fig, measured: int, missing: list[str], cols: int = 2, title: str = "Not measured in this run"):
+    """Axes for ``measured`` panels, plus one narrower panel titled ``title`` listing ``missing`` (what was not
+    measured, and why) when there is any; returns (axes for the data, the text axes or None)."""
+    total = measured + bool(missing)
+    if total <= 3:
+        ratios = [1.0] * measured + ([0.5 if measured else 1.0] if missing else [])
+        axes = list(fig.subplots(1, total, squeeze=False, width_ratios=ratios)[0])
+    else:
+        axes = list(fig.subplots((total + cols - 1) // cols, cols).ravel())
+        for ax in axes[total:]:
+            ax.remove()
+        axes = axes[:total]
+    if not missing:
+        return axes, None
+    note = axes[measured]
+    width_in = note.get_position().width * fig.figure.get_figwidth()
+    chars = max(24, int(width_in * 72 / (9.5 * 0.6)))
+    text = "\n\n".join(textwrap.fill(style.mpl_text(m), chars) for m in missing)
+    note.text(0.5, 0.5, text, ha="center", va="center", transform=note.transAxes, fontsize=9.5, color="0.25",
+              bbox=dict(boxstyle="round,pad=0.7", fc="0.965", ec="0.65"))
+    note.set_title(title)
+    note.set_xticks([])
+    note.set_yticks([])
+    note.grid(False)
+    for spine in note.spines.values():
+        spine.set_visible(False)
+    return axes[:measured], note
+
+
+def _pct(s: pd.Series):
+    return s.to_numpy(float) * 100
+
+
+def plot_method(ax, pts: pd.DataFrame, method: str, methods, x: str, y: str, scale=(100, 100)) -> list:
+    """One method's points on ``ax``: a line through a once-for-all model's lambdas (sorted), markers only for
+    dedicated or single models; error bars where several seeds give a std. Returns label items."""
+    look = style.look(method, methods)
+    rows = pts[(pts["method"] == method)].dropna(subset=[x, y]).sort_values("lambda")
+    if rows.empty:
+        return []
+    xs, ys = rows[x].to_numpy(float) * scale[0], rows[y].to_numpy(float) * scale[1]
+    line = rows["kind"].iloc[0] == "ofa"
+    ax.plot(xs, ys, color=look["color"], marker=look["marker"], linestyle=look["linestyle"] if line else "none",
+            markersize=6, markeredgecolor=_darker(look["color"], 0.45), markeredgewidth=0.7, linewidth=1.6,
+            zorder=3)
+    xe = rows[f"{x}_sd"].to_numpy(float) * scale[0] if f"{x}_sd" in rows else None
+    ye = rows[f"{y}_sd"].to_numpy(float) * scale[1] if f"{y}_sd" in rows else None
+    if (xe is not None and pd.notna(xe).any()) or (ye is not None and pd.notna(ye).any()):
+        ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt="none", ecolor=look["color"], elinewidth=0.7, capsize=1.5,
+                    alpha=0.45, zorder=2)
+    return [(a, b, f"{lam:g}", look["color"]) for a, b, lam in zip(xs, ys, rows["lambda"])]
+
+
+def legend_handles(pts: pd.DataFrame, methods, lines: bool = True) -> list:
+    """One legend entry per method; ``lines``: once-for-all methods are drawn as lines in this figure."""
+    handles = []
+    for m in methods:
+        kind = pts.loc[pts["method"] == m, "kind"]
+        kind = kind.iloc[0] if len(kind) else "single"
+        kind = kind if lines else "single"
+        look = style.look(m, methods)
+        label = style.mpl_text(style.display(m)) + (" (dedicated models)" if kind == "dedicated" else "")
+        handles.append(Line2D([], [], color=look["color"], marker=look["marker"], markersize=6,
+                              linestyle=look["linestyle"] if kind == "ofa" else "none",
+                              markeredgecolor=_darker(look["color"], 0.45), markeredgewidth=0.7,
+                              label=label))
+    return handles
+
+
+def finish(fig, labels: list | None = None) -> int:
+    """End a drawing: compute the layout once, place the λ labels of ``labels`` ((axes, items) pairs) and
+    freeze the layout, so saving it as PNG and PDF does not lay it out again. Returns labels left out."""
+    root = fig.figure
+    root.draw_without_rendering()
+    skipped = place_labels(labels or [], root.canvas.get_renderer())
+    root.set_layout_engine("none")
+    return skipped
+
+
+def place_labels(jobs: list, renderer) -> int:
+    """For each (axes, items) in ``jobs``, write each item's text next to its point where it overlaps no other
+    label, point or the axes edge; returns how many did not fit (left out: the tables hold every value).
+    Needs the layout done (``finish`` calls it)."""
+    skipped = 0
+    for ax, items in jobs:
+        to_px = ax.transData.transform
+        taken = [(px - 4, py - 4, px + 4, py + 4) for px, py in (to_px((x, y)) for x, y, _, _ in items)]
+        frame = ax.get_window_extent(renderer)
+        for x, y, text, color in items:
+            for offset, ha, va in LABEL_OFFSETS:
+                ann = ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", ha=ha, va=va,
+                                  fontsize=7.5, color=_darker(color), zorder=4)
+                ann.set_in_layout(False)
+                bb = ann.get_window_extent(renderer)
+                box = (bb.x0 - 1, bb.y0 - 1, bb.x1 + 1, bb.y1 + 1)
+                inside = frame.x0 <= box[0] and box[2] <= frame.x1 and frame.y0 <= box[1] and box[3] <= frame.y1
+                if inside and not any(_overlap(box, t) for t in taken):
+                    taken.append(box)
+                    break
+                ann.remove()
+            else:
+                skipped += 1
+    return skipped
+
+
+def _darker(color, k: float = 0.6):
+    """A method's colour darkened for text (still tells methods apart, and reads on white and in grey)."""
+    return tuple(c * k for c in matplotlib.colors.to_rgb(color))
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _pad_limits(ax, pad: float = 0.1, least: float = 4.0) -> None:
+    """Widen the autoscaled limits (which hold points and error bars) by ``pad`` of their span, to at least
+    ``least`` percentage points, so λ labels fit and close accuracies do not look far apart."""
+    for get, set_ in ((ax.get_xlim, ax.set_xlim), (ax.get_ylim, ax.set_ylim)):
+        lo, hi = get()
+        span = max(hi - lo, least)
+        mid = (lo + hi) / 2
+        set_(mid - span * (0.5 + pad), mid + span * (0.5 + pad))
+
+
+def draw_tradeoff(fig, pts: pd.DataFrame, methods: list[str]) -> None:
+    """Clean accuracy against PGD and AutoAttack accuracy (two panels), the Pareto front of all points."""
+    shown = [r for r in ("pgd", "aa") if has(pts, r) and has(pts, "clean_acc")]
+    missing = [f"No {ROBUST_NAMES[r]} results ({MISSING_HINT[r]})." for r in ("pgd", "aa") if r not in shown]
+    axes, _ = panels(fig, len(shown), missing, title=" and ".join(ROBUST_NAMES[r] for r in ("pgd", "aa")
+                                                                  if r not in shown))
+    labels = []
+    for ax, robust in zip(axes, shown):
+        sub = pts.dropna(subset=[robust, "clean_acc"])
+        front = sub[pareto(sub, robust, "clean_acc")].sort_values(robust)
+        ax.plot(_pct(front[robust]), _pct(front["clean_acc"]), color=style.FRONT_COLOR, linewidth=6, alpha=0.18,
+                solid_capstyle="round", zorder=1)
+        ax.scatter(_pct(front[robust]), _pct(front["clean_acc"]), s=150, facecolors="none",
+                   edgecolors=style.FRONT_COLOR, linewidths=1.0, zorder=2)
+        items = []
+        for m in methods:
+            items += plot_method(ax, sub, m, methods, robust, "clean_acc")
+        ax.autoscale(tight=True)
+        _pad_limits(ax)
+        ax.set_title(ROBUST_NAMES[robust])
+        ax.set_xlabel(f"robust accuracy under {ROBUST_NAMES[robust]} (%)")
+        ax.set_ylabel("clean accuracy (%)")
+        labels.append((ax, items))
+    handles = legend_handles(pts, methods)
+    handles.append(Line2D([], [], color=style.FRONT_COLOR, linewidth=6, alpha=0.25, marker="o", markersize=11,
+                          markerfacecolor="none", markeredgecolor=style.FRONT_COLOR, label="Pareto front"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=9,
+               title="numbers next to points: λ", title_fontsize=8.5)
+    finish(fig, labels)
+
+
+def draw_lambda(fig, pts: pd.DataFrame, methods: list[str]) -> None:
+    """Clean, PGD and (when present) AutoAttack accuracy against lambda, one panel each."""
+    panels = [("clean_acc", "clean")] + [(r, ROBUST_NAMES[r]) for r in ("pgd", "aa") if has(pts, r)]
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (col, name) in zip(axes, panels):
+        for m in methods:
+            plot_method(ax, pts, m, methods, "lambda", col, scale=(1, 100))
+        ax.set_title(f"{name} accuracy")
+        ax.set_xlabel("λ")
+        ax.set_xlim(-0.05, 1.05)
+    axes[0].set_ylabel("accuracy (%)")
+    handles = legend_handles(pts, methods)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=9)
+    finish(fig)

@@ -1,0 +1,81 @@
+"""Read a run from the results store (``results.csv`` and ``run.json``) and check it can be reported on."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from harness.errors import LambenchError
+
+#: columns a report needs; the rest of store.COLUMNS are used when present
+REQUIRED = ("job", "method", "lambda", "metric", "value")
+OPTIONAL = {"run": "", "dataset": "", "arch": "", "seed": 0, "train_lambda": float("nan"), "attack": "",
+            "eps": float("nan"), "n": float("nan"), "device": "", "torch": "", "precision": ""}
+
+
+@dataclass
+class Run:
+    """One run: its tidy table and what ``run.json`` says about how it was produced."""
+    dir: Path
+    table: pd.DataFrame
+    info: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+
+def load_run(run_dir) -> Run:
+    run_dir = Path(run_dir)
+    csv = run_dir / "results.csv"
+    if not run_dir.is_dir():
+        raise LambenchError(f"no run folder {run_dir}; run python run_all.py first (results go to "
+                            f"results/<run>/) or pass the folder that holds results.csv")
+    if not csv.is_file():
+        raise LambenchError(f"no results.csv in {run_dir}; run python run_all.py first (a run writes it "
+                            f"after each finished job)")
+    try:
+        table = pd.read_csv(csv, keep_default_na=True)
+    except pd.errors.EmptyDataError:
+        table = pd.DataFrame()
+    except Exception as exc:
+        raise LambenchError(f"cannot read {csv} ({type(exc).__name__}); rerun python run_all.py to "
+                            f"reassemble it from the jobs' rows.csv") from None
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing and not table.empty:
+        raise LambenchError(f"{csv} lacks the column(s) {', '.join(missing)}; it was not written by lambench "
+                            f"(rerun python run_all.py to reassemble it)")
+    if table.empty:
+        raise LambenchError(f"results.csv in {run_dir} has no rows (no job has finished yet); run python "
+                            f"run_all.py until at least one job finishes")
+    return Run(run_dir, _normalise(table), _info(run_dir))
+
+
+def _normalise(table: pd.DataFrame) -> pd.DataFrame:
+    table = table.copy()
+    for col, default in OPTIONAL.items():
+        if col not in table.columns:
+            table[col] = default
+    for col in ("lambda", "value", "train_lambda", "eps", "n"):
+        table[col] = pd.to_numeric(table[col], errors="coerce")
+    table["seed"] = pd.to_numeric(table["seed"], errors="coerce").fillna(0).astype(int)
+    for col in ("job", "method", "metric", "attack", "dataset", "arch", "device", "torch", "precision", "run"):
+        table[col] = table[col].fillna("").astype(str)
+    # the job's budget (check_acc rows carry the eps of their own check attack in ``eps``)
+    own = table[~table["metric"].isin(("check_acc",)) & table["eps"].notna()]
+    job_eps = own.groupby("job")["eps"].agg(lambda s: s.mode().iloc[0])
+    table["job_eps"] = table["job"].map(job_eps).fillna(-1.0)
+    return table
+
+
+def _info(run_dir: Path) -> dict:
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (ValueError, OSError):
+        return {"_unreadable": str(path)}
+    return info if isinstance(info, dict) else {}

@@ -1,0 +1,88 @@
+"""What a run's table lacks, said in words the report shows, and what each sanity check means.
+
+Every note names what is missing and what produces it, so a reader knows whether an empty panel is a
+limitation of the run or of the methods.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from . import style
+from .tables import has
+
+#: the sanity checks the evaluation writes as ``flag:<check>`` rows; a flag (value 1) means suspicious
+CHECKS = {
+    "aa_le_pgd": "AutoAttack accuracy should not exceed PGD accuracy",
+    "pgd_le_clean": "robust accuracy should not exceed clean accuracy",
+    "eps2_le_eps": "accuracy at 2ε should not exceed accuracy at ε",
+    "unbounded_near_zero": "accuracy under an unbounded attack (ε = 1) should be near zero",
+    "pgd100_vs_pgd20": "PGD-100 should not be clearly stronger than PGD-20 (attack not converged)",
+    "eot_vs_plain": "PGD with EOT should not be clearly stronger than plain PGD (randomness masks gradients)",
+    "autoattack": "the AutoAttack package's own warnings",
+}
+
+
+def describe(check: str) -> str:
+    return CHECKS.get(check, "")
+
+
+def missing(table: pd.DataFrame, pts: pd.DataFrame, info: dict) -> dict[str, list[str]]:
+    """Notes per report section ("tradeoff", "complexity", "dial", "checks", "config") on what is missing."""
+    notes: dict[str, list[str]] = {k: [] for k in ("tradeoff", "complexity", "dial", "tables", "checks", "config")}
+    methods = sorted(set(table["method"]))
+    kinds = pts.drop_duplicates("method").set_index("method")["kind"] if len(pts) else pd.Series(dtype=str)
+    if not has(pts, "pgd"):
+        notes["tradeoff"].append("No PGD results (pgd_acc rows): the evaluation ran no attack; run with "
+                                 "--eval pgd20.")
+    if not has(pts, "aa"):
+        notes["tradeoff"].append("No AutoAttack results (aa_acc rows): run with --aa standard. The AutoAttack "
+                                 "panel says so and the AA columns are left out.")
+    if len(methods) == 1:
+        notes["tradeoff"].append(f"Only one method ({methods[0]}) in this run: nothing to compare it with; add "
+                                 f"methods with --methods, e.g. pgd_at,fast_at,oat,float.")
+    if len(pts) and pts["lambda"].nunique() == 1:
+        notes["tradeoff"].append(f"Every model was evaluated at one λ ({pts['lambda'].iloc[0]:g}) only: no "
+                                 f"trade-off curve. Once-for-all methods (oat, float) sweep λ; pgd_at trains "
+                                 f"one model per λ with --train-lambdas 0,0.1,0.2,0.3,0.4,1.")
+    absent = [name for col, name in (("nonzero_params", "non-zero parameters"), ("macs", "MACs"),
+                                     ("infer_latency_ms", "inference latency")) if not has(pts, col)]
+    if absent:
+        notes["complexity"].append(f"Not measured in this run: {', '.join(absent)} (nonzero_params, macs, "
+                                   f"infer_* rows come from the complexity measurement, absent from this run).")
+    if not has(pts, "train_time_s"):
+        notes["complexity"].append("No training times (train_time_s rows, written per job by python "
+                                   "run_all.py): training cost is not compared.")
+    if not has(pts, "train_peak_mem_mb"):
+        cpu = set(table["device"]) <= {"cpu", ""}
+        notes["complexity"].append("Training peak memory not measured" + (
+            ": a CPU run (train_peak_mem_mb is CUDA peak memory, NaN on CPU)." if cpu else
+            " (no train_peak_mem_mb values)."))
+    ofa = [m for m in methods if kinds.get(m) == "ofa"]
+    if not ofa:
+        notes["dial"].append("No once-for-all method in this run, so no dial to cost: add --methods oat,float.")
+    elif not (kinds == "dedicated").any():
+        notes["dial"].append("No dedicated models to compare with: train pgd_at with --train-lambdas "
+                             "0,0.1,0.2,0.3,0.4,1 in the same run.")
+    if ofa and not (has(pts, "params") or has(pts, "stored_params")):
+        notes["dial"].append("No parameter counts (params, stored_params rows): the parameters stored are not "
+                             "compared.")
+    if ofa and not has(pts, "train_time_s"):
+        notes["dial"].append("No training times (train_time_s rows): the training cost is not compared.")
+    if not table["metric"].str.startswith("flag:").any():
+        notes["checks"].append("No sanity-check rows (flag:*, check_acc) in this run: the evaluation's sanity "
+                               "checks did not run, so no result here is checked.")
+    if not info:
+        notes["config"].append("No readable run.json in the run folder: the command line, configuration and "
+                               "versions are unknown (run.json is written by python run_all.py).")
+    return notes
+
+
+def flag_line(row) -> str:
+    """One flagged check, as a line under the figure or table it concerns."""
+    model = "" if row["train_lambda"] < 0 else f" (model trained at λ={row['train_lambda']:g})"
+    lam = "all λ" if row["lambda"] < 0 else f"λ={row['lambda']:g}"
+    attack = f" [{row['attack']}]" if row["attack"] else ""
+    desc = describe(row["check"])
+    seeds = f" (seed {row['seeds']})" if row["seeds"] else ""
+    return (f"{style.display(row['method'])}{model} at {lam}: {row['check']}{attack} flagged{seeds}"
+            + (f": {desc}" if desc else ""))

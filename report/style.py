@@ -1,0 +1,69 @@
+"""One look for every figure: a fixed colour, marker and line style per method, readable in grey print.
+
+Colours come from seaborn's colour-blind-safe "colorblind" palette, indexed by a stable method order (the
+methods lambench knows first, in a fixed order, then any others alphabetically), so a method keeps its colour
+across figures and across runs. Markers and line styles differ per method too, so lines stay apart in grey.
+"""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: reports render on headless machines
+
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+#: methods lambench ships, in the order they get colours (new methods go at the end, never in between)
+KNOWN_ORDER = ("pgd_at", "fast_at", "oat", "float", "floats", "smart", "oats")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<")
+LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 1)),
+              (0, (6, 2)), (0, (2, 2, 6, 2)))
+#: seaborn's "colorblind" palette without its grey (grey is the Pareto front's colour)
+PALETTE = [c for i, c in enumerate(sns.color_palette("colorblind", 10)) if i != 7]
+FRONT_COLOR = "0.25"  # the Pareto front: dark grey, distinct from every method colour
+
+#: display names for the methods lambench knows (others are shown as they are spelled)
+DISPLAY = {"pgd_at": "PGD-AT", "fast_at": "Fast-AT", "oat": "OAT", "float": "FLOAT", "floats": "FLOATS",
+           "smart": "SMART", "oats": "OATS"}
+
+
+def method_order(methods) -> list[str]:
+    """The stable order of ``methods``: known ones in KNOWN_ORDER, then the rest alphabetically."""
+    methods = set(methods)
+    return [m for m in KNOWN_ORDER if m in methods] + sorted(methods - set(KNOWN_ORDER))
+
+
+def _index(method: str, methods) -> int:
+    """Known methods keep their slot in KNOWN_ORDER; others follow them, in alphabetical order."""
+    if method in KNOWN_ORDER:
+        return KNOWN_ORDER.index(method)
+    others = sorted(set(methods) - set(KNOWN_ORDER))
+    return len(KNOWN_ORDER) + others.index(method)
+
+
+def look(method: str, methods) -> dict:
+    """Colour, marker and line style of ``method`` among ``methods`` (the run's methods)."""
+    i = _index(method, methods)
+    return {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)],
+            "linestyle": LINESTYLES[i % len(LINESTYLES)]}
+
+
+def display(method: str) -> str:
+    return DISPLAY.get(method, method)
+
+
+def mpl_text(text: str) -> str:
+    """A user string made safe for matplotlib (a ``$`` would otherwise start mathtext)."""
+    return str(text).replace("$", r"\$")
+
+
+def setup() -> None:
+    """Fonts and sizes for every figure (called once per render)."""
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.15,
+                  rc={"pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 150, "figure.dpi": 100,
+                      "axes.titlesize": 12.5, "legend.frameon": True, "legend.framealpha": 0.9,
+                      "grid.linestyle": ":", "grid.color": "0.8"})
+
+
+def close(fig) -> None:
+    plt.close(fig)

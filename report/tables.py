@@ -1,0 +1,202 @@
+"""The numbers behind the report, computed with pandas from the tidy results table.
+
+A *point* is one (setting, method, training lambda, lambda): mean and std over seeds of every metric at that
+lambda, joined with its model's per-job metrics (training time, parameters). A *setting* is one dataset x
+architecture x eps; figures and comparisons never mix settings. Dedicated models (``train_lambda`` set,
+PGD-AT's one model per lambda) are separate models; a once-for-all model covers its whole lambda grid.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+NONE = -1.0  # stands for "no value" in key columns (pandas drops NaN keys in group-bys and pivots)
+SETTING = ["dataset", "arch", "job_eps"]
+MODEL = SETTING + ["method", "train_lambda"]
+POINT = MODEL + ["lambda"]
+#: robust accuracies: short name -> metric; several attacks per point -> the strongest (lowest) is reported
+ROBUST = {"pgd": "pgd_acc", "aa": "aa_acc"}
+POINT_METRICS = ("clean_acc", "clean_acc_std", "nonzero_params", "macs", "infer_latency_ms", "infer_throughput",
+                 "infer_peak_mem_mb")
+JOB_METRICS = ("params", "stored_params", "train_time_s", "train_epoch_time_s", "train_images_per_s",
+               "train_peak_mem_mb", "epochs_trained", "eval_time_s")
+
+
+def keyed(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with NaN key columns replaced by NONE, so group-bys keep them."""
+    table = table.copy()
+    table["train_lambda"] = table["train_lambda"].fillna(NONE)
+    return table
+
+
+def kinds(table: pd.DataFrame) -> dict[str, str]:
+    """Per method: "dedicated" (one model per lambda), "ofa" (one model, several lambdas) or "single"."""
+    out = {}
+    for method, rows in table.groupby("method"):
+        lam = rows[rows["lambda"].notna()]
+        if rows["train_lambda"].notna().any():
+            out[method] = "dedicated"
+        elif not lam.empty and lam.groupby("job")["lambda"].nunique().max() > 1:
+            out[method] = "ofa"
+        else:
+            out[method] = "single"
+    return out
+
+
+def _agg(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean and std over seeds of ``value``, per metric: columns ``<metric>`` and ``<metric>_sd``."""
+    if rows.empty:
+        return pd.DataFrame(columns=keys)
+    g = rows.groupby(keys + ["metric"])["value"].agg(["mean", "std"]).reset_index()
+    wide = g.pivot(index=keys, columns="metric", values=["mean", "std"])
+    wide.columns = [m if stat == "mean" else f"{m}_sd" for stat, m in wide.columns]
+    return wide.reset_index()
+
+
+def points(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per point: clean, pgd, aa (strongest attack, its name in ``<short>_attack``), complexity, the
+    model's per-job metrics, ``seeds`` (how many seeds the point averages) and ``kind``."""
+    t = keyed(table)
+    per = t[t["lambda"].notna()]
+    if per.empty:
+        return pd.DataFrame(columns=POINT + ["seeds", "kind"])
+    pts = per.groupby(POINT)["seed"].nunique().rename("seeds").reset_index()
+    pts = pts.merge(_agg(per[per["metric"].isin(POINT_METRICS)], POINT), on=POINT, how="left")
+    for short, metric in ROBUST.items():
+        acc = per[per["metric"] == metric]
+        if acc.empty:
+            continue
+        g = acc.groupby(POINT + ["attack"])["value"].agg(["mean", "std"]).reset_index()
+        strongest = g.loc[g.groupby(POINT)["mean"].idxmin()]
+        strongest = strongest.rename(columns={"mean": short, "std": f"{short}_sd", "attack": f"{short}_attack"})
+        tried = g.groupby(POINT)["attack"].agg(lambda a: ", ".join(sorted(a))).rename(f"{short}_attacks")
+        pts = pts.merge(strongest, on=POINT, how="left").merge(tried.reset_index(), on=POINT, how="left")
+    jobs = _agg(t[t["lambda"].isna() & t["metric"].isin(JOB_METRICS)], MODEL)
+    if not jobs.empty:
+        pts = pts.merge(jobs, on=MODEL, how="left")
+    kind = kinds(table)
+    pts["kind"] = pts["method"].map(kind)
+    return pts
+
+
+def has(frame: pd.DataFrame, column: str) -> bool:
+    """Whether ``column`` exists and holds at least one number."""
+    return column in frame.columns and frame[column].notna().any()
+
+
+def pareto(frame: pd.DataFrame, x: str, y: str) -> pd.Series:
+    """True for points no other point beats on both ``x`` and ``y`` (higher is better on both)."""
+    xs, ys = frame[x].to_numpy(float), frame[y].to_numpy(float)
+    front = []
+    for i in range(len(frame)):
+        if np.isnan(xs[i]) or np.isnan(ys[i]):
+            front.append(False)
+            continue
+        dominated = (xs >= xs[i]) & (ys >= ys[i]) & ((xs > xs[i]) | (ys > ys[i]))
+        front.append(not dominated.any())
+    return pd.Series(front, index=frame.index)
+
+
+def mark_fronts(pts: pd.DataFrame) -> None:
+    """Add ``<robust>_front`` columns: whether a point is on its setting's Pareto front (clean vs robust)."""
+    for short in ROBUST:
+        if has(pts, short):
+            pts[f"{short}_front"] = False
+            for _, g in pts.groupby(SETTING):
+                ok = g.dropna(subset=[short, "clean_acc"])
+                pts.loc[ok.index, f"{short}_front"] = pareto(ok, short, "clean_acc")
+
+
+def operating_points(pts: pd.DataFrame, robust: str, floor: float | None) -> pd.DataFrame:
+    """Per setting and method: the point with the highest ``robust`` accuracy (``pick`` = "best") and the one
+    with the highest ``robust`` accuracy among those with clean accuracy >= ``floor`` (``pick`` = "floor");
+    one row with ``pick`` = "both" when they are the same point."""
+    rows = []
+    for _, g in pts.dropna(subset=[robust, "clean_acc"]).groupby(SETTING + ["method"]):
+        order = g.sort_values([robust, "clean_acc"], ascending=False)
+        ok = order[order["clean_acc"] >= floor] if floor is not None else order.iloc[:0]
+        same = not ok.empty and ok.index[0] == order.index[0]
+        rows.append(order.iloc[0].to_dict() | {"pick": "both" if same else "best"})
+        if not ok.empty and not same:
+            rows.append(ok.iloc[0].to_dict() | {"pick": "floor"})
+    return pd.DataFrame(rows)
+
+
+def default_floor(pts: pd.DataFrame) -> float | None:
+    """The clean-accuracy floor when none is given: the best clean accuracy in the run minus 5 points."""
+    return None if not has(pts, "clean_acc") else round(float(pts["clean_acc"].max()) - 0.05, 4)
+
+
+def dial_cost(pts: pd.DataFrame) -> pd.DataFrame:
+    """Per once-for-all model: what it stores and costs to train versus one dedicated model per lambda of its
+    grid. Dedicated costs are the run's dedicated models' measurements: the model trained at that lambda where
+    there is one, else the mean of the adversarially trained (lambda > 0) ones."""
+    rows = []
+    ofa = pts[pts["kind"] == "ofa"]
+    for key, g in ofa.groupby(SETTING + ["method"]):
+        setting = dict(zip(SETTING + ["method"], key))
+        same = (pts[SETTING] == pd.Series(dict(zip(SETTING, key[:3])))).all(axis=1)
+        ded = pts[same & (pts["kind"] == "dedicated")]
+        grid = sorted(g["lambda"].unique())
+        one = g.iloc[0]
+        row = setting | {"lambdas": len(grid),
+                         "ofa_params": _first(one, "stored_params", "params"),
+                         "ofa_time": one.get("train_time_s", np.nan),
+                         "ded_models": len(ded), "ded_params": np.nan, "ded_time": np.nan, "ded_measured": 0}
+        if not ded.empty:
+            if has(ded, "params"):
+                row["ded_params"] = len(grid) * float(ded["params"].mean())
+            if has(ded, "train_time_s"):
+                adv = ded[ded["train_lambda"] > 0]["train_time_s"].mean()
+                fallback = adv if not np.isnan(adv) else ded["train_time_s"].mean()
+                by_lam = ded.groupby("train_lambda")["train_time_s"].mean()
+                row["ded_measured"] = sum(1 for lam in grid if lam in by_lam.index)
+                row["ded_time"] = float(sum(by_lam.get(lam, fallback) for lam in grid))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _first(row, *names):
+    for n in names:
+        if n in row and pd.notna(row[n]):
+            return float(row[n])
+    return np.nan
+
+
+def models(pts: pd.DataFrame) -> pd.DataFrame:
+    """One row per model (a once-for-all model, or one dedicated model): its per-job metrics and lambdas."""
+    if pts.empty:
+        return pts
+    cols = [c for c in pts.columns if c.removesuffix("_sd") in JOB_METRICS]
+    g = pts.groupby(MODEL)
+    out = g[cols].first() if cols else g.size().to_frame("n")[[]]
+    out["lambdas"] = g["lambda"].nunique()
+    out["seeds"] = g["seeds"].max()
+    out["kind"] = g["kind"].first()
+    return out.reset_index()
+
+
+def flags(table: pd.DataFrame) -> pd.DataFrame:
+    """Sanity-check rows (``flag:<check>``): one row per point, check and attack; ``flagged`` when any seed's
+    value is 1, ``seeds`` lists the flagged seeds."""
+    rows = keyed(table)
+    rows = rows[rows["metric"].str.startswith("flag:")]
+    cols = POINT + ["check", "attack", "flagged", "seeds"]
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    rows = rows.assign(check=rows["metric"].str.slice(5), hit=rows["value"] >= 0.5)
+    rows["lambda"] = rows["lambda"].fillna(NONE)
+    g = rows.groupby(POINT + ["check", "attack"])
+    out = g["hit"].any().rename("flagged").to_frame()
+    out["seeds"] = g.apply(lambda r: ", ".join(str(s) for s in sorted(r.loc[r["hit"], "seed"])), include_groups=False)
+    return out.reset_index()[cols]
+
+
+def checks(table: pd.DataFrame) -> pd.DataFrame:
+    """The sanity checks' extra attacks (``check_acc``): mean and std over seeds per point and attack."""
+    rows = keyed(table)
+    rows = rows[rows["metric"] == "check_acc"]
+    if rows.empty:
+        return pd.DataFrame(columns=POINT + ["attack", "eps", "mean", "std"])
+    g = rows.groupby(POINT + ["attack", "eps"], dropna=False)["value"].agg(["mean", "std"])
+    return g.reset_index()

@@ -1,0 +1,173 @@
+"""The report's tables as rows of formatted strings (the HTML template and the PDF pages print them as is).
+
+Columns whose metric is absent from the whole run are left out; the section notes say which are missing.
+"""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from . import fmt, style, tables as T
+from .document import Table
+from .notes import describe
+
+
+def _sorted(frame: pd.DataFrame, methods: list[str], extra=("train_lambda", "lambda")) -> pd.DataFrame:
+    rank = {m: i for i, m in enumerate(methods)}
+    cols = [c for c in T.SETTING if c in frame] + ["_rank"] + [c for c in extra if c in frame]
+    return frame.assign(_rank=frame["method"].map(rank)).sort_values(cols)
+
+
+def _setting_cells(r, multi: bool) -> list[str]:
+    return [r["dataset"], r["arch"], fmt.eps(r["job_eps"])] if multi else []
+
+
+SETTING_COLS = ["dataset", "arch", "ε"]
+
+
+def _true(v) -> bool:
+    return v is not None and pd.notna(v) and bool(v)
+
+
+def _model(r) -> str:
+    return style.display(r["method"]) + ("" if r["train_lambda"] < 0 else f" (trained at λ={r['train_lambda']:g})")
+
+
+def point_table(pts: pd.DataFrame, flags: pd.DataFrame, methods: list[str], multi: bool):
+    """Per method x λ: clean, PGD, AA, complexity, Pareto membership and flagged checks (``flags``: every
+    check's row from ``tables.flags``; without any, the flags column is left out)."""
+    cols = [("clean", lambda r: fmt.acc(r["clean_acc"], r.get("clean_acc_sd")), "clean_acc")]
+    for short, name in (("pgd", "PGD"), ("aa", "AA")):
+        cols.append((name, lambda r, s=short: fmt.acc(r.get(s), r.get(f"{s}_sd")), short))
+        if T.has(pts, short) and pts[f"{short}_attack"].nunique() > 1:
+            cols.append((f"{name} attack", lambda r, s=short: r.get(f"{s}_attack") or fmt.DASH, short))
+    cols.append(("noise σ", lambda r: fmt.acc(r.get("clean_acc_std")), "clean_acc_std"))
+    cols += [("non-zero params", lambda r: fmt.count(r.get("nonzero_params")), "nonzero_params"),
+             ("MACs", lambda r: fmt.count(r.get("macs")), "macs"),
+             ("latency (ms)", lambda r: fmt.number(r.get("infer_latency_ms")), "infer_latency_ms")]
+    cols = [c for c in cols if T.has(pts, c[2])]
+    fronts = [s for s in ("pgd", "aa") if f"{s}_front" in pts]
+    hits = {}
+    for _, f in flags[flags["flagged"]].iterrows():
+        hits.setdefault((f["method"], f["train_lambda"], f["lambda"]), []).append(f["check"])
+    rows, marked = [], []
+    for _, r in _sorted(pts, methods).iterrows():
+        front = ", ".join(n.upper() for n in fronts if _true(r.get(f"{n}_front")))
+        front = front.replace("PGD, AA", "both")
+        checks = hits.get((r["method"], r["train_lambda"], r["lambda"]), []) \
+            + hits.get((r["method"], r["train_lambda"], T.NONE), [])
+        rows.append(_setting_cells(r, multi) + [_model(r), fmt.lam(r["lambda"]), str(int(r["seeds"]))]
+                    + [f(r) for _, f, _ in cols] + [f"★ {front}" if front else ""]
+                    + [("⚠ " + ", ".join(sorted(set(checks)))) if checks else ""])
+        marked.append(bool(checks))
+    header = (SETTING_COLS if multi else []) + ["method", "λ", "seeds"] + [c[0] for c in cols] + ["front", "flags"]
+    if flags.empty:
+        header, rows = header[:-1], [r[:-1] for r in rows]
+    explain = {"noise σ": "noise σ: std of clean accuracy over noise draws (models with a random forward pass).",
+               "PGD attack": "PGD attack: the strongest of the PGD attacks run, at that point.",
+               "AA attack": "AA attack: the strongest AutoAttack version run, at that point.",
+               "flags": "flags: sanity checks flagged at that point (see Sanity checks)."}
+    caption = " ".join(["Accuracies in %, mean ± std over seeds.", "front: on the Pareto front under PGD, AA or both."]
+                       + [text for col, text in explain.items() if col in header])
+    return Table("per-lambda", "Per method and λ", header, rows, caption, marked)
+
+
+def model_table(pts: pd.DataFrame, methods: list[str], multi: bool):
+    """Per model: parameters and training cost (mean over seeds)."""
+    m = _sorted(T.models(pts), methods, extra=("train_lambda",))
+    cols = [("λ points", lambda r: str(int(r["lambdas"])), "lambdas"), ("seeds", lambda r: str(int(r["seeds"])), "seeds"),
+            ("params", lambda r: fmt.count(r.get("params")), "params"),
+            ("stored params", lambda r: fmt.count(r.get("stored_params")), "stored_params"),
+            ("epochs", lambda r: fmt.number(r.get("epochs_trained")), "epochs_trained"),
+            ("train time", lambda r: fmt.seconds(r.get("train_time_s")), "train_time_s"),
+            ("images/s", lambda r: fmt.number(r.get("train_images_per_s"), 4), "train_images_per_s"),
+            ("peak memory", lambda r: fmt.megabytes(r.get("train_peak_mem_mb")), "train_peak_mem_mb"),
+            ("eval time", lambda r: fmt.seconds(r.get("eval_time_s")), "eval_time_s")]
+    cols = [c for c in cols if T.has(m, c[2])]
+    rows = [_setting_cells(r, multi) + [_model(r)] + [f(r) for _, f, _ in cols] for _, r in m.iterrows()]
+    return Table("models", "Training cost per model", (SETTING_COLS if multi else []) + ["model"] + [c[0] for c in cols],
+                  rows, "One row per trained model (a once-for-all model covers all its λ); mean over seeds.")
+
+
+def operating_table(ops: pd.DataFrame, robust: str, methods: list[str], floor, multi: bool):
+    name = "AA" if robust == "aa" else "PGD"
+    size = "nonzero_params" if T.has(ops, "nonzero_params") else "params"
+    cols = [("clean", lambda r: fmt.acc(r["clean_acc"], r.get("clean_acc_sd")), "clean_acc"),
+            (name, lambda r: fmt.acc(r[robust], r.get(f"{robust}_sd")), robust),
+            ("non-zero params" if size == "nonzero_params" else "params", lambda r: fmt.count(r.get(size)), size),
+            ("MACs", lambda r: fmt.count(r.get("macs")), "macs"),
+            ("train time", lambda r: fmt.seconds(r.get("train_time_s")), "train_time_s"),
+            ("peak memory", lambda r: fmt.megabytes(r.get("train_peak_mem_mb")), "train_peak_mem_mb")]
+    cols = [c for c in cols if T.has(ops, c[2])]
+    pick = {"best": f"highest {name}", "floor": f"clean ≥ {fmt.acc(floor)}%",
+            "both": f"highest {name}, and clean ≥ {fmt.acc(floor)}%"}
+    rows = [_setting_cells(r, multi) + [style.display(r["method"]), pick[r["pick"]], fmt.lam(r["lambda"])]
+            + [f(r) for _, f, _ in cols] for _, r in _sorted(ops, methods, extra=("pick",)).iterrows()]
+    return Table("operating", "Operating points", (SETTING_COLS if multi else []) + ["method", "chosen by", "λ"]
+                  + [c[0] for c in cols], rows, "The points plotted in the complexity figure.")
+
+
+def dial_table(dial: pd.DataFrame, methods: list[str], multi: bool):
+    rows = []
+    for _, r in _sorted(dial, methods, extra=()).iterrows():
+        measured = f"{int(r['ded_measured'])} of {int(r['lambdas'])}" if r["ded_models"] else "none"
+        rows.append(_setting_cells(r, multi) + [style.display(r["method"]), str(int(r["lambdas"])),
+                    fmt.count(r["ofa_params"]), fmt.count(r["ded_params"]), fmt.ratio(r["ofa_params"], r["ded_params"]),
+                    fmt.seconds(r["ofa_time"]), fmt.seconds(r["ded_time"]), fmt.ratio(r["ofa_time"], r["ded_time"]),
+                    measured])
+    header = (SETTING_COLS if multi else []) + ["method", "λ points", "params stored", "dedicated params", "ratio",
+                                                "train time", "dedicated time", "ratio", "dedicated λ measured"]
+    if not T.has(dial, "ofa_params"):  # no parameter counts in the run: leave their columns out
+        cut = len(header) - 7
+        header = header[:cut] + header[cut + 3:]
+        rows = [r[:cut] + r[cut + 3:] for r in rows]
+    return Table("dial", "Cost of the dial", header, rows,
+                 "params stored: stored_params (else params) of the one model; dedicated: one model per λ of its "
+                 "grid; dedicated λ measured: how many of those λ have a dedicated model in this run (the others "
+                 "are estimated from the mean adversarially trained one).")
+
+
+def check_tables(table: pd.DataFrame, methods: list[str]) -> list:
+    out = []
+    flags = T.flags(table)
+    if len(flags):
+        hit = _sorted(flags[flags["flagged"]], methods, extra=("train_lambda", "lambda", "check"))
+        rows = [[_model(r), fmt.lam(r["lambda"]) if r["lambda"] >= 0 else "all", r["check"], r["attack"] or fmt.DASH,
+                 f"⚠ flagged (seed {r['seeds']})", describe(r["check"])] for _, r in hit.iterrows()]
+        for check, g in flags.groupby("check"):  # the checks that passed, one summary row each
+            ok = int((~g["flagged"]).sum())
+            if ok:
+                rows.append(["all models", fmt.DASH, check, ", ".join(sorted(set(g["attack"]) - {""})) or fmt.DASH,
+                             f"passed at {ok} of {len(g)} points", describe(check)])
+        out.append(Table("flags", "Sanity-check flags", ["model", "λ", "check", "attack", "result", "what it checks"],
+                         rows, f"{int(flags['flagged'].sum())} of {len(flags)} checks flagged; flagged points one "
+                         "per row, passed checks counted.", [True] * len(hit) + [False] * (len(rows) - len(hit))))
+    acc = T.checks(table)
+    if len(acc):
+        rows = [[_model(r), fmt.lam(r["lambda"]), r["attack"], fmt.eps(r["eps"]), fmt.acc(r["mean"], r["std"])]
+                for _, r in _sorted(acc, methods, extra=("train_lambda", "lambda", "attack")).iterrows()]
+        out.append(Table("check-acc", "Extra attacks run for the checks", ["model", "λ", "attack", "ε", "accuracy (%)"],
+                          rows, "check_acc rows: attacks run only for the sanity checks, not plotted."))
+    return out
+
+
+def config_table(run) -> Table:
+    info = run.info
+    rows = [["command", info.get("command") or fmt.DASH], ["device", info.get("device") or fmt.DASH]]
+    rows += [[f"version: {k}", str(v) or fmt.DASH] for k, v in sorted((info.get("versions") or {}).items())]
+    t = run.table
+    for col in ("torch", "precision", "device"):
+        values = sorted(set(t[col]) - {""})
+        if values:
+            rows.append([f"results rows: {col}", ", ".join(values)])
+    rows += [[f"config: {k}", v] for k, v in _flatten(info.get("config") or {})]
+    return Table("config", "Configuration", ["setting", "value"], rows, "From run.json (the last invocation).")
+
+
+def _flatten(obj, prefix=""):
+    for k, v in sorted(obj.items()):
+        if isinstance(v, dict) and v:
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v if isinstance(v, str) else json.dumps(v)

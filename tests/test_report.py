@@ -1,0 +1,217 @@
+"""Reports render from a stored results table alone (no training), whatever subset of metrics it holds.
+
+The fixture ``tests/fixtures/report-smoke`` is a real short run (see tests/fixtures/README.md). Metrics that
+run does not produce yet (AutoAttack, complexity, parameter counts, sanity checks) are added here, in code, as
+SYNTHETIC rendering inputs: they test that the report shows them, and are not results.
+"""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.errors import LambenchError
+from report import render
+from report import tables as T
+from report.load import load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "report-smoke"
+NAMES = {"pgd_at": "PGD-AT", "fast_at": "Fast-AT", "oat": "OAT", "float": "FLOAT"}
+EVIL = "<script>x</script>"  # a method name that must reach the HTML escaped
+
+
+def _run(tmp_path, edit=None, name="run") -> Path:
+    """A copy of the fixture run under tmp_path, its results.csv passed through ``edit`` (a frame -> frame)."""
+    run = tmp_path / name
+    shutil.copytree(FIXTURE, run)
+    if edit is not None:
+        table = edit(pd.read_csv(run / "results.csv"))
+        table.to_csv(run / "results.csv", index=False)
+    return run
+
+
+def _pdf_pages(path: Path) -> int:
+    return len(re.findall(rb"/Type\s*/Page\b", path.read_bytes()))
+
+
+def _synthetic(table: pd.DataFrame) -> pd.DataFrame:
+    """SYNTHETIC rows (rendering inputs only): AutoAttack 2 points under PGD, complexity, parameter counts,
+    sanity checks with one flag raised. Not results. FLOAT is renamed to EVIL (escaping is tested on it)."""
+    per = table[(table["metric"] == "pgd_acc") & (table["attack"] == "pgd20")]
+    rows = [per.assign(metric="aa_acc", attack="aa-standard", value=(per["value"] - 0.02).clip(lower=0))]
+    clean = table[table["metric"] == "clean_acc"]
+    rows.append(clean.assign(metric="nonzero_params", attack="", value=50_000 * (1 - 0.3 * clean["lambda"])))
+    rows.append(clean.assign(metric="macs", attack="", value=2.0e6 * (1 - 0.3 * clean["lambda"])))
+    rows.append(clean.assign(metric="infer_latency_ms", attack="", value=0.8))
+    rows.append(clean.assign(metric="check_acc", attack="pgd20@2eps", value=clean["value"] * 0.2))
+    flags = clean.assign(metric="flag:aa_le_pgd", attack="aa-standard", value=0.0)
+    flags.loc[(flags["method"] == "oat") & (flags["lambda"] == 1.0), "value"] = 1.0
+    rows.append(flags)
+    jobs = table[table["metric"] == "train_time_s"]
+    rows.append(jobs.assign(metric="params", value=60_000.0))
+    rows.append(jobs.assign(metric="stored_params", value=jobs["method"].map({"oat": 70_000.0}).fillna(60_000.0)))
+    mem = jobs.assign(metric="train_peak_mem_mb", value=jobs["method"].map({"oat": 300.0, "float": 250.0}).fillna(120.0))
+    table = pd.concat([table[table["metric"] != "train_peak_mem_mb"], *rows, mem], ignore_index=True)
+    return table.assign(method=table["method"].replace("float", EVIL))
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """The fixture run rendered to HTML and PDF, as it is (no AutoAttack, no complexity, no checks)."""
+    run = _run(tmp_path_factory.mktemp("full"))
+    out = render(run)
+    return run, out, out["html"].read_text()
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """The fixture run plus SYNTHETIC AutoAttack, complexity and sanity-check rows, and FLOAT renamed to a
+    method name holding HTML, rendered to HTML (its PDF tables are tested on their own, to keep this fast)."""
+    run = _run(tmp_path_factory.mktemp("synthetic"), _synthetic)
+    out = render(run, clean_floor=0.8, formats=("html",))
+    return run, out, out["html"].read_text()
+
+
+def test_html_has_every_method_and_figure(full):
+    run, out, html = full
+    for name in NAMES.values():
+        assert name in html
+    assert out.figures == ["tradeoff", "lambda", "complexity", "dial"]
+    assert html.count("<img") == len(out.figures)
+    for name in out.figures:
+        assert f'id="fig-{name}"' in html
+        assert (run / "figures" / f"{name}.png").stat().st_size > 1000
+        assert (run / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    # self-contained: every image is embedded
+    assert len(re.findall(r'<img src="data:image/png;base64,', html)) == len(out.figures)
+
+
+def test_pdf_page_count(full):
+    run, out, _ = full
+    assert out.pdf_pages >= 1 + len(out.figures)
+    assert _pdf_pages(run / "report.pdf") == out.pdf_pages
+
+
+def test_pdf_tables_split_over_pages(synthetic, tmp_path):
+    """The synthetic run's table sections alone (flagged rows marked), then a long table that must go over
+    several pages: the page count returned is the one written."""
+    from report.content import build
+    from report.document import Report, Section, Table
+    from report.pdf import render_pdf
+    run, _, _ = synthetic
+    report = build(load_run(run), clean_floor=0.8)
+    report.sections = [s for s in report.sections if s.id in ("tables", "checks", "config")]
+    flags = next(t for s in report.sections for t in s.tables if t.id == "flags")
+    assert sum(flags.marked) == 1 and len(flags.rows) == 2  # OAT at λ=1 flagged; the rest passed, counted
+    pages = render_pdf(report, tmp_path / "tables.pdf")
+    assert pages == _pdf_pages(tmp_path / "tables.pdf") >= 1 + len(report.sections)
+    rows = [[str(i), "a long cell that wraps " * (i % 5)] for i in range(150)]
+    long = Report("long", [], [Section("s", "Long", tables=[Table("t", "Long table", ["i", "text"], rows)])])
+    pages = render_pdf(long, tmp_path / "long.pdf")
+    assert pages == _pdf_pages(tmp_path / "long.pdf") >= 5
+
+
+def test_missing_autoattack_is_said(full):
+    _, out, html = full
+    assert "No AutoAttack results" in html and "--aa standard" in html
+    assert any("AutoAttack" in n for n in out.notes)
+    assert "Not measured in this run" in html  # complexity: CPU run, no MACs/non-zero counts
+
+
+def test_strongest_pgd_attack_is_reported(full):
+    run, _, html = full
+    pts = T.points(load_run(run).table)
+    table = pd.read_csv(run / "results.csv")
+    pgd = table[table["metric"] == "pgd_acc"].groupby(["job", "lambda", "attack"])["value"].first()
+    assert set(pts["pgd_attack"]) <= {"pgd20", "pgd50x2"}
+    point = pts[(pts["method"] == "fast_at")].iloc[0]
+    per_attack = table[(table["method"] == "fast_at") & (table["metric"] == "pgd_acc")].groupby("attack")["value"].mean()
+    assert point["pgd"] == pytest.approx(per_attack.min())
+    assert "strongest (lowest accuracy) of pgd20, pgd50x2" in html
+    assert len(pgd) > 0
+
+
+def test_synthetic_metrics_render(synthetic):
+    _, out, html = synthetic
+    assert "No AutoAttack results" not in html
+    assert "AutoAttack" in html and "MACs" in html and "non-zero params" in html
+    # the flagged check is shown under the trade-off figure and marked in the per-λ table
+    tradeoff = html[html.index('id="fig-tradeoff"'):html.index('id="fig-lambda"')]
+    assert "warnings" in tradeoff and "aa_le_pgd" in tradeoff and "OAT at λ=1" in tradeoff
+    assert 'class="marked"' in html and "⚠ aa_le_pgd" in html
+    assert "pgd20@2eps" in html  # check_acc rows go to the sanity-check table, not the plots
+    assert not any("AutoAttack" in n or "non-zero" in n for n in out.notes)
+
+
+def test_one_lambda(tmp_path):
+    out = render(_run(tmp_path, lambda t: t[(t["lambda"] == 1.0) | t["lambda"].isna()]), formats=("html",))
+    html = out["html"].read_text()
+    assert "evaluated at one λ (1) only" in html
+    assert html.count("<img") == len(out.figures)
+    # HTML only: no report.pdf, and the figures as PNG only
+    assert "pdf" not in out and not (out["html"].parent / "report.pdf").exists()
+    assert not list((out["html"].parent / "figures").glob("*.pdf"))
+
+
+def test_method_names_are_escaped(synthetic):
+    _, _, html = synthetic
+    assert EVIL not in html and "&lt;script&gt;x&lt;/script&gt;" in html
+
+
+def test_two_settings_get_their_own_figures(tmp_path):
+    """Two architectures in one run: every figure is made once per setting (checked without drawing)."""
+    from report.content import build
+
+    def two_archs(t):
+        other = t[t["method"] == "pgd_at"].assign(arch="other_cnn", job=lambda d: d["job"] + "-other")
+        return pd.concat([t, other], ignore_index=True)
+    names = [f.name for f in build(load_run(_run(tmp_path, two_archs))).figures]
+    for kind in ("tradeoff", "lambda", "complexity"):
+        assert {f"{kind}-digits-other_cnn-eps0.1", f"{kind}-digits-small_cnn-eps0.1"} <= set(names)
+    assert "dial-digits-small_cnn-eps0.1" in names and "dial-digits-other_cnn-eps0.1" not in names  # no OFA there
+
+
+def test_pareto_front():
+    pts = pd.DataFrame({"a": [0.9, 0.8, 0.5, 0.7, 0.9], "b": [0.1, 0.5, 0.6, 0.4, 0.05]})
+    assert T.pareto(pts, "a", "b").tolist() == [True, True, True, False, False]
+
+
+def test_missing_results_is_one_line_error(tmp_path):
+    with pytest.raises(LambenchError, match="no results.csv in .*run python run_all.py"):
+        render(tmp_path)
+    (tmp_path / "results.csv").write_text(",".join(["run", "job", "method", "lambda", "metric", "value"]) + "\n")
+    with pytest.raises(LambenchError, match="no rows.*run_all.py"):
+        render(tmp_path)
+    with pytest.raises(LambenchError, match="no run folder"):
+        render(tmp_path / "nothing")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "report", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_renders_one_method_one_lambda(tmp_path):
+    """python -m report on a run of one method evaluated at one λ: exit 0, both reports, the gaps named."""
+    run = _run(tmp_path, lambda t: t[t["method"] == "fast_at"])
+    proc = _cli(str(run), "--clean-floor", "0.8")
+    assert proc.returncode == 0, proc.stderr
+    assert f"html: {run / 'report.html'}" in proc.stdout
+    pages = int(re.search(r"pdf: .*report\.pdf \((\d+) pages\)", proc.stdout).group(1))
+    assert _pdf_pages(run / "report.pdf") == pages
+    html = (run / "report.html").read_text()
+    assert "Fast-AT" in html and not any(n in html.split("Run configuration")[0] for n in ("OAT", "FLOAT", "PGD-AT"))
+    assert "Only one method" in html and "one λ" in html and "No once-for-all method" in html
+    assert html.count("<img") == len(re.findall(r'<figure id="fig-', html)) >= 2
+
+
+def test_cli_errors_exit_2(tmp_path):
+    bad = _cli(str(tmp_path / "empty"))
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("lambench: error:") and bad.stderr.count("\n") == 1 and "run_all.py" in bad.stderr
+    floor = _cli(str(tmp_path), "--clean-floor", "80")
+    assert floor.returncode == 2 and "outside [0, 1]" in floor.stderr

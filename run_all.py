@@ -80,11 +80,24 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--eval", type=_csv(), help="comma list of attacks: pgd20 (default), pgd50x10, pgdK[xR]")
     e.add_argument("--eval-n", type=int, help="evaluate on the first N test examples (default: all)")
     e.add_argument("--eval-batch-size", type=int)
+    e.add_argument("--aa", choices=["standard", "rand", "off"],
+                   help="AutoAttack at every lambda: standard (default: APGD-CE, APGD-T, FAB-T, Square; the rand "
+                        "version is taken automatically where the forward is random), rand (APGD-CE and APGD-DLR "
+                        "with EOT 20, everywhere), off")
+    e.add_argument("--aa-n", type=int, help="AutoAttack on the first N test examples (default 1000; smoke: 25)")
+    e.add_argument("--checks", choices=["on", "off"],
+                   help="sanity checks (extra attacks on a subset, flag rows, console warnings); default on")
+    e.add_argument("--checks-n", type=int, help="the checks' extra attacks on the first N test examples "
+                                                "(default 200; smoke: 100)")
+    e.add_argument("--complexity", choices=["on", "off"],
+                   help="parameters, MACs, latency, throughput and memory at every lambda; default on")
     return p
 
 
 TRAIN_FLAGS = ("epochs", "batch_size", "lr", "schedule", "train_attack", "attack_step", "precision", "options")
-EVAL_FLAGS = {"eval": "attacks", "eval_n": "n", "eval_batch_size": "batch_size"}
+EVAL_FLAGS = {"eval": "attacks", "eval_n": "n", "eval_batch_size": "batch_size", "aa": "aa", "aa_n": "aa_n",
+              "checks": "checks", "checks_n": "checks_n", "complexity": "complexity"}
+ON_OFF = ("checks", "complexity")
 
 
 def config_from_args(args):
@@ -97,7 +110,12 @@ def config_from_args(args):
                   if getattr(args, k) is not None}
     run_fields["force"] = args.force
     cfg = apply(cfg, run_fields)
-    cfg = apply(cfg, {"eval": {v: getattr(args, k) for k, v in EVAL_FLAGS.items() if getattr(args, k) is not None}})
+    evals = {v: getattr(args, k) for k, v in EVAL_FLAGS.items() if getattr(args, k) is not None}
+    evals.update({k: evals[k] == "on" for k in ON_OFF if k in evals})
+    for key in ("aa_n", "checks_n"):
+        if key in evals and evals[key] < 1:
+            raise LambenchError(f"--{key.replace('_', '-')} must be at least 1, got {evals[key]}")
+    cfg = apply(cfg, {"eval": evals})
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     if "options" in overrides:
         overrides["options"] = dict(overrides["options"])

@@ -38,6 +38,16 @@ def _loss_and_grad(forward, x, delta, y):
     return loss.detach(), logits.detach(), grad
 
 
+def _loss_and_grad_eot(forward, x, delta, y, eot):
+    """Expectation over transformation: the gradient averaged over ``eot`` forward passes (fresh noise
+    each for random models); loss and logits are those of the last pass."""
+    grad = torch.zeros_like(x)
+    for _ in range(eot):
+        loss, logits, g = _loss_and_grad(forward, x, delta, y)
+        grad += g
+    return loss, logits, grad / eot
+
+
 def fgsm_rs(forward: Forward, x, y, eps: float, alpha: float | None = None, generator=None):
     """FGSM with random start (Wong et al., 2020): delta0 ~ U[-eps, eps], one signed step of ``alpha``
     (default 1.25 eps), projected back into the eps-ball."""
@@ -54,13 +64,14 @@ def _better(loss, wrong, best_loss, best_wrong):
 
 
 def pgd(forward: Forward, x, y, eps: float, alpha: float, steps: int, restarts: int = 1,
-        random_start: bool = True, keep_best: bool = True, generator=None):
+        random_start: bool = True, keep_best: bool = True, generator=None, eot: int = 1):
     """PGD-``steps`` with ``restarts`` random restarts.
 
     ``keep_best=True`` (evaluation) returns, per example, the strongest iterate seen over all steps and
     restarts: one that is misclassified if any was, else the one of highest cross-entropy. So more steps
     from the same start never weaken the attack. ``keep_best=False`` (training) returns the last iterate of
-    the last restart and costs no extra forward pass.
+    the last restart and costs no extra forward pass. ``eot > 1`` averages each step's gradient over
+    that many forward passes (for models whose forward is random).
     """
     if steps < 1 or restarts < 1:
         raise ValueError(f"pgd needs steps >= 1 and restarts >= 1, got {steps} and {restarts}")
@@ -70,7 +81,8 @@ def pgd(forward: Forward, x, y, eps: float, alpha: float, steps: int, restarts: 
     for _ in range(restarts):
         delta = _random_delta(x, eps, generator) if random_start else torch.zeros_like(x)
         for _ in range(steps):
-            loss, logits, grad = _loss_and_grad(forward, x, delta, y)
+            loss, logits, grad = (_loss_and_grad(forward, x, delta, y) if eot == 1
+                                  else _loss_and_grad_eot(forward, x, delta, y, eot))
             if keep_best:
                 best_x, best_loss, best_wrong = _merge(x + delta, loss, logits, y, best_x, best_loss, best_wrong)
             delta = _project(x, delta + alpha * grad.sign(), eps)
@@ -93,12 +105,14 @@ def _merge(x_new, loss, logits, y, best_x, best_loss, best_wrong):
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """A named attack: ``fgsm_rs``, ``pgdK`` or ``pgdKxR`` (K steps, R restarts)."""
+    """A named attack: ``fgsm_rs``, ``pgdK`` or ``pgdKxR`` (K steps, R restarts); ``eot`` forward passes
+    averaged per gradient (set directly, e.g. by the sanity checks)."""
 
     name: str
     kind: str
     steps: int = 1
     restarts: int = 1
+    eot: int = 1
 
     def step_size(self, eps: float, step: float | None) -> float:
         if step is not None:
@@ -111,6 +125,8 @@ class AttackSpec:
         alpha = self.step_size(eps, step)
         if self.kind == "fgsm_rs":
             return fgsm_rs(forward, x, y, eps, alpha)
+        if self.eot > 1:
+            return pgd(forward, x, y, eps, alpha, self.steps, self.restarts, keep_best=keep_best, eot=self.eot)
         return pgd(forward, x, y, eps, alpha, self.steps, self.restarts, keep_best=keep_best)
 
 

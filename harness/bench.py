@@ -42,8 +42,9 @@ def bench(method_name: str, arch: str, batch_size: int, iters: int, device: torc
     loader = DeviceLoader(x, y, batch_size, train=True, pad=4, flip=True)
     opt, sched = optimizer_for(model, cfg, cfg.epochs * len(loader))
     prec = precision_of(cfg, device)
-    _epoch(method, model, loader, opt, sched, cfg, device, prec, 0, False)  # warm-up (cudnn autotune, allocator)
-    rec = _epoch(method, model, loader, opt, sched, cfg, device, prec, 1, False)
+    step = lambda x, y: method.train_step(model, x, y)  # noqa: E731  (one process: no DDP wrapper)
+    _epoch(method, model, step, loader, opt, sched, cfg, device, prec, 0, False)  # warm-up (cudnn autotune, allocator)
+    rec = _epoch(method, model, step, loader, opt, sched, cfg, device, prec, 1, False)
     return {"method": method_name, "arch": arch, "batch_size": batch_size, "train_attack": cfg.train_attack,
             "images_per_s": rec["images_per_s"], "seconds": rec["seconds"], "iters": iters,
             "peak_mem_mb": rec["peak_mem_mb"], "precision": prec, "torch": torch.__version__,

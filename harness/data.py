@@ -62,6 +62,15 @@ def dataset_names() -> list[str]:
     return sorted(_LOADERS)
 
 
+def dataset_eps(name: str, eps: float | None = None) -> float:
+    """The budget a job on ``name`` uses: ``eps`` when given, else the dataset's default (reads no data)."""
+    if eps is not None:
+        return eps
+    if name not in _DEFAULTS:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
+    return _DEFAULTS[name]["eps"]
+
+
 def data_root(root: str | None) -> Path | None:
     root = root or os.environ.get(ENV_ROOT)
     return Path(root).expanduser() if root else None

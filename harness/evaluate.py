@@ -1,9 +1,11 @@
-"""Lambda-grid evaluation: clean and adversarial accuracy at every lambda of a method's grid.
+"""Lambda-grid evaluation: accuracy, AutoAttack, sanity-check attacks and complexity at every lambda.
 
 At each lambda the method configures the model (eval mode, BN branch, noise, masks) and yields one forward
-callable; clean accuracy and every attack use exactly that callable, so the configuration attacked is the
-configuration scored. Evaluation runs in fp32 so the attack's gradients are not degraded by low precision.
-Models with random forward passes get a fixed noise seed per evaluation and clean accuracy over several draws.
+callable; clean accuracy, every PGD attack, AutoAttack, the checks' extra attacks and the complexity
+measurements all use exactly that callable, so the configuration attacked is the configuration scored.
+Evaluation runs in fp32 so the attack's gradients are not degraded by low precision. Models with random
+forward passes get a fixed noise seed per evaluation and clean accuracy over several draws; AutoAttack
+runs its ``rand`` version on them (APGD-CE and APGD-DLR with EOT over 20 draws) unless ``aa`` is ``off``.
 """
 from __future__ import annotations
 
@@ -12,47 +14,132 @@ import statistics
 import torch
 from tqdm.auto import tqdm
 
-from .attacks import parse_attack
+from . import checks, complexity
+from .attacks import AttackSpec, parse_attack
+from .autoattack import run_autoattack
 from .config import EvalConfig
 from .data import Dataset, DeviceLoader
+from .errors import LambenchError
+
+NAN = float("nan")
+AA_MODES = ("standard", "rand", "off")
 
 
-def _accuracy(forward, loader, attack=None, eps=0.0, step=None, bar=None) -> float:
-    correct = torch.zeros((), dtype=torch.long, device=loader.x.device)
+def _correct(forward, loader, attack=None, eps=0.0, step=None, bar=None) -> torch.Tensor:
+    """Per-example correctness (bool, in the loader's order) of ``forward`` on clean or attacked inputs."""
+    out = []
     for x, y in loader:
         if attack is not None:
             x = attack(forward, x, y, eps, step)
         with torch.no_grad():
-            correct += (forward(x).argmax(1) == y).sum()
+            out.append(forward(x).argmax(1) == y)
         if bar is not None:
             bar.update(1)
-    return correct.item() / len(loader.x)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def _mean(correct: torch.Tensor) -> float:
+    return correct.float().mean().item() if len(correct) else NAN
+
+
+def aa_version(cfg: EvalConfig, method, lam: float) -> str | None:
+    """The AutoAttack version run at ``lam``: None (off), "rand" (asked for, or the forward is random)."""
+    if cfg.aa == "off":
+        return None
+    return "rand" if cfg.aa == "rand" or method.is_random(lam) else "standard"
+
+
+def check_attacks(cfg: EvalConfig, random: bool) -> list[tuple[AttackSpec, str]]:
+    """The checks' extra attacks and the budget of each ("2eps", "1.0" or "eps")."""
+    base = parse_attack(checks.BASE)
+    out = [(AttackSpec(checks.EPS2, "pgd", base.steps), "2eps"), (AttackSpec(checks.UNBOUNDED, "pgd", base.steps), "1.0"),
+           (AttackSpec(checks.LONG, "pgd", 100), "eps")]
+    if random:
+        out.append((AttackSpec(checks.EOT, "pgd", base.steps, eot=cfg.checks_eot), "eps"))
+    return out
 
 
 def evaluate(method, model, data: Dataset, cfg: EvalConfig, eps: float, seed: int = 0,
              progress: bool = True) -> list[dict]:
-    """Return rows ``{lambda, metric, value, attack, n}`` for every lambda of ``method.lambda_grid()``."""
+    """Rows ``{lambda, metric, value, attack, n[, eps, precision, detail]}`` for every lambda of
+    ``method.lambda_grid()``, then per-job rows (lambda NaN): ``params``, ``stored_params``."""
+    if cfg.aa not in AA_MODES:
+        raise LambenchError(f"unknown AutoAttack mode {cfg.aa!r}; use one of {', '.join(AA_MODES)}")
     x, y = (data.x_test, data.y_test) if cfg.n is None else (data.x_test[:cfg.n], data.y_test[:cfg.n])
     loader = DeviceLoader(x, y, cfg.batch_size)
     attacks = [parse_attack(a) for a in cfg.attacks]
     grid = method.lambda_grid()
+    n_aa = min(cfg.aa_n, len(x)) if cfg.aa != "off" else 0
+    n_chk = min(cfg.checks_n, len(x)) if cfg.checks else 0
+    sub = DeviceLoader(x[:n_chk], y[:n_chk], cfg.batch_size)
+    x_img = x[: max(1, min(len(x), 256))].float() / 255
     draws_at = {lam: cfg.noise_draws if method.is_random(lam) else 1 for lam in grid}
-    total = sum(len(loader) * (draws_at[lam] + len(attacks)) for lam in grid)
-    rows = []
+    total = sum(len(loader) * (draws_at[lam] + len(attacks)) + (n_aa > 0)
+                + len(sub) * (len(check_attacks(cfg, method.is_random(lam))) + 1) * (n_chk > 0) for lam in grid)
+    rows, stored = [], None
     with tqdm(total=total, desc=f"eval {method.name}", leave=False, disable=not progress, dynamic_ncols=True) as bar:
         for lam in grid:
+            def row(metric, value, attack="", n=len(x), lam=lam, **extra):
+                rows.append({"lambda": lam, "metric": metric, "value": value, "attack": attack, "n": n, **extra})
+
             with method.configure(model, lam) as forward:
                 clean = []
                 for draw in range(draws_at[lam]):
                     torch.manual_seed(seed * 1000 + draw)  # fixed noise per evaluation
-                    clean.append(_accuracy(forward, loader, bar=bar))
-                rows.append(dict(**{"lambda": lam}, metric="clean_acc", value=statistics.fmean(clean), attack=""))
+                    clean.append(_mean(_correct(forward, loader, bar=bar)))
+                row("clean_acc", statistics.fmean(clean))
                 if len(clean) > 1:
-                    rows.append(dict(**{"lambda": lam}, metric="clean_acc_std", value=statistics.stdev(clean), attack=""))
+                    row("clean_acc_std", statistics.stdev(clean))
+                base = None
                 for attack in attacks:
                     torch.manual_seed(seed)
-                    acc = _accuracy(forward, loader, attack, eps, cfg.step, bar)
-                    rows.append(dict(**{"lambda": lam}, metric="pgd_acc", value=acc, attack=attack.name))
-    for r in rows:
-        r["n"] = len(x)
+                    correct = _correct(forward, loader, attack, eps, cfg.step, bar)
+                    row("pgd_acc", _mean(correct), attack.name)
+                    if attack.name == checks.BASE:
+                        base = correct[:n_chk]
+                version = aa_version(cfg, method, lam)
+                if version and n_aa:
+                    torch.manual_seed(seed)
+                    res = run_autoattack(forward, x[:n_aa].float() / 255, y[:n_aa], eps, version,
+                                         cfg.batch_size, seed, model=model)
+                    row("aa_acc", res.acc, res.attack, n_aa)
+                    row("flag:autoattack", float(bool(res.warnings)), res.attack, NAN,
+                        detail=f"the {res.package} package warned: " + " | ".join(res.warnings) if res.warnings else "")
+                    bar.update(1)
+                if n_chk:
+                    rows.extend(_check_rows(lam, forward, sub, base, cfg, eps, seed, method.is_random(lam), bar))
+                if cfg.complexity:
+                    used = complexity.used_masks(forward, model, x_img[:1])
+                    stored = complexity.union(stored, used)
+                    row("nonzero_params", complexity.count(used), n=NAN)
+                    row("macs", complexity.macs(forward, model, x_img[:1]), n=1)
+                    cost = complexity.inference_cost(forward, x_img)
+                    row("infer_latency_ms", cost["infer_latency_ms"], n=1, precision="fp32")
+                    row("infer_throughput", cost["infer_throughput"], n=256, precision="fp32")
+                    row("infer_peak_mem_mb", cost["infer_peak_mem_mb"], n=256, precision="fp32")
+    if cfg.complexity:
+        rows += [{"lambda": NAN, "metric": "params", "value": complexity.params(model), "attack": "", "n": NAN},
+                 {"lambda": NAN, "metric": "stored_params", "value": complexity.count(stored), "attack": "", "n": NAN}]
+    if cfg.checks:
+        rows += checks.flag_rows(rows)
+    return rows
+
+
+def _check_rows(lam, forward, sub, base, cfg, eps, seed, random, bar) -> list[dict]:
+    """``check_acc`` rows on the checks subset: PGD-20 (the reference; taken from the main PGD-20 run when
+    there was one), at 2 eps, at eps = 1.0, PGD-100, and PGD-20 with EOT for random models."""
+    n = len(sub.x)
+    rows = []
+    if base is None:
+        torch.manual_seed(seed)
+        base = _correct(forward, sub, parse_attack(checks.BASE), eps, cfg.step, bar)
+    else:
+        bar.update(len(sub))
+    rows.append({"lambda": lam, "metric": "check_acc", "value": _mean(base), "attack": checks.BASE, "n": n, "eps": eps})
+    for attack, budget in check_attacks(cfg, random):
+        e = {"2eps": 2 * eps, "1.0": 1.0, "eps": eps}[budget]
+        step = None if cfg.step is None else cfg.step * e / eps
+        torch.manual_seed(seed)
+        acc = _mean(_correct(forward, sub, attack, e, step, bar))
+        rows.append({"lambda": lam, "metric": "check_acc", "value": acc, "attack": attack.name, "n": n, "eps": e})
     return rows

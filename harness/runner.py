@@ -18,11 +18,12 @@ import torch
 
 from methods import get_method
 
+from . import checks
 from .config import RunConfig, TrainConfig, apply, check_lambda
 from .data import Dataset, load_dataset
 from .errors import LambenchError
 from .evaluate import evaluate
-from .store import assemble, read_json, write_csv, write_json
+from .store import assemble, read_json, write_csv, write_json, write_text
 from .train import precision_of, train
 
 
@@ -123,17 +124,35 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     seconds = sum(h["seconds"] for h in history)
     images = sum(h["seconds"] * h["images_per_s"] for h in history)
     rows += [{"lambda": float("nan"), "metric": m, "value": v, "attack": "", "n": len(data.x_train)} for m, v in (
-        ("train_time_s", seconds), ("train_images_per_s", images / seconds if seconds else float("nan")),
+        ("train_time_s", seconds), ("train_epoch_time_s", seconds / len(history) if history else float("nan")),
+        ("train_images_per_s", images / seconds if seconds else float("nan")),
         ("train_peak_mem_mb", max(h["peak_mem_mb"] for h in history)), ("epochs_trained", len(history)),
         ("eval_time_s", eval_s))]
     meta = {"run": run_dir.name, "job": job.name, "method": job.method, "dataset": job.dataset, "arch": job.arch,
             "seed": job.seed, "train_lambda": job.train_lambda, "eps": eps, "device": device_name(device),
             "torch": torch.__version__, "precision": precision_of(job.train, device)}
+    warnings = checks.warning_lines(rows)
+    write_text(job_dir / "warnings.txt", "".join(line + "\n" for line in warnings))
     write_json(job_dir / "eval.json", eval_settings)
-    write_csv(job_dir / "rows.csv", pd.DataFrame([meta | r for r in rows]))
+    write_csv(job_dir / "rows.csv", pd.DataFrame([meta | {k: v for k, v in r.items() if k != "detail"} for r in rows]))
+    _log_rows(rows, log)
+    for line in warnings:
+        log(f"  {line}")
+
+
+def _log_rows(rows, log) -> None:
+    """Accuracies per lambda, then one line of complexity per lambda and one for the job."""
+    by = {(r["metric"], r["lambda"]): r["value"] for r in rows}
     for r in rows:
-        if r["metric"] in ("clean_acc", "pgd_acc"):
-            log(f"  lambda={r['lambda']:g} {r['metric']}{'/' + r['attack'] if r['attack'] else ''} = {r['value']:.4f}")
+        if r["metric"] in ("clean_acc", "pgd_acc", "aa_acc"):
+            on = f" (first {r['n']:g} examples)" if r["metric"] == "aa_acc" else ""
+            log(f"  lambda={r['lambda']:g} {r['metric']}{'/' + r['attack'] if r['attack'] else ''} = {r['value']:.4f}{on}")
+    for lam in dict.fromkeys(r["lambda"] for r in rows if r["metric"] == "macs"):
+        log(f"  lambda={lam:g} MACs {by[('macs', lam)] / 1e6:.2f}M, non-zero params {by[('nonzero_params', lam)] / 1e6:.3f}M, "
+            f"latency {by[('infer_latency_ms', lam)]:.2f} ms (batch 1), {by[('infer_throughput', lam)]:.0f} images/s (batch 256)")
+    job = {r["metric"]: r["value"] for r in rows if r["metric"] in ("params", "stored_params")}
+    if job:
+        log(f"  params {job['params'] / 1e6:.3f}M, stored for the whole lambda range {job['stored_params'] / 1e6:.3f}M")
 
 
 def device_name(device: torch.device) -> str:

@@ -3,6 +3,10 @@
 SGD with momentum and weight decay; cosine, cyclic or multistep schedules stepped per iteration; bf16
 autocast and channels_last on CUDA, fp32 on CPU; an atomic checkpoint at the end of every epoch, resumed
 from automatically. The loop syncs with the host only every ``log_every`` iterations (progress bar, NaN check).
+
+Under torchrun (see distributed.py) the same loop runs on every rank: batches of ``batch_size / N`` from the
+rank's shard, batch norm synchronised, the step DDP-wrapped, the epoch's totals summed over ranks, rank 0's
+end-of-epoch state (masks, rollback, stop) broadcast, and checkpoints and epochs.csv written by rank 0 only.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import TrainConfig
 from .data import Dataset, DeviceLoader
 from .errors import LambenchError, TrainingDiverged
@@ -57,10 +62,12 @@ def train(method, model, data: Dataset, cfg: TrainConfig, job_dir: Path, device:
     Returns the per-epoch history."""
     ckpt = Path(job_dir) / "checkpoint.pt"
     precision = precision_of(cfg, device)
-    loader = DeviceLoader(data.x_train, data.y_train, cfg.batch_size, train=True,
+    loader = DeviceLoader(data.x_train, data.y_train, distributed.per_rank_batch(cfg.batch_size), train=True,
                           pad=data.info.pad, flip=data.info.flip)
     if len(loader) == 0:
-        raise LambenchError(f"batch size {cfg.batch_size} exceeds the {len(data.x_train)} training examples; lower --batch-size")
+        raise LambenchError(f"batch size {cfg.batch_size} exceeds the {len(data.x_train) * distributed.world_size()} "
+                            f"training examples; lower --batch-size")
+    distributed.sync_batchnorm(model, device)  # before the optimiser: it swaps BN modules (same state keys)
     opt, sched = optimizer_for(model, cfg, cfg.epochs * len(loader))
     history, start = [], 0
     if ckpt.exists():
@@ -69,16 +76,19 @@ def train(method, model, data: Dataset, cfg: TrainConfig, job_dir: Path, device:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         method.load_state_dict(state["method"])
-        torch.set_rng_state(state["rng"]["cpu"])
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        _restore_rng(state["rng"], device)
         history, start = state["history"], state["epoch"]
         if state.get("finished"):
             return history
         log(f"resuming {job_dir.name} from epoch {start}/{cfg.epochs}")
+    else:
+        distributed.seed_rank(torch.initial_seed())
+    distributed.broadcast_state(model, opt)  # every rank starts from rank 0's weights, masks and momentum
+    step = distributed.training_step(method, model, device)
+    progress = progress and distributed.is_main()
 
     for epoch in range(start, cfg.epochs):
-        record = _epoch(method, model, loader, opt, sched, cfg, device, precision, epoch, progress)
+        record = _epoch(method, model, step, loader, opt, sched, cfg, device, precision, epoch, progress)
         history.append(record)
         finished = bool(record.pop("stop", False)) or epoch + 1 == cfg.epochs
         if record.get("note"):
@@ -86,16 +96,31 @@ def train(method, model, data: Dataset, cfg: TrainConfig, job_dir: Path, device:
         rng = {"cpu": torch.get_rng_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "method": method.state_dict(), "rng": rng,
-                               "epoch": epoch + 1, "history": history, "finished": finished})
-        write_csv(Path(job_dir) / "epochs.csv", pd.DataFrame(history))
+        ranks = distributed.rng_states()
+        if ranks is not None:
+            rng["ranks"] = ranks
+        if distributed.is_main():
+            save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                   "scheduler": sched.state_dict(), "method": method.state_dict(), "rng": rng,
+                                   "epoch": epoch + 1, "history": history, "finished": finished})
+            write_csv(Path(job_dir) / "epochs.csv", pd.DataFrame(history))
         if finished:
             break
     return history
 
 
-def _epoch(method, model, loader, opt, sched, cfg, device, precision, epoch, progress) -> dict:
+def _restore_rng(rng: dict, device: torch.device) -> None:
+    """The generator states saved with the checkpoint: this rank's own when it was saved by as many ranks."""
+    ranks = rng.get("ranks")
+    mine = ranks[distributed.rank()] if ranks and len(ranks) == distributed.world_size() else rng
+    torch.set_rng_state(mine["cpu"])
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"], device)
+    if mine is rng and distributed.rank() > 0:  # saved with another number of ranks: derive a stream
+        distributed.seed_rank(int(torch.randint(2**31, (1,))))
+
+
+def _epoch(method, model, step, loader, opt, sched, cfg, device, precision, epoch, progress) -> dict:
     model.train()
     method.begin_epoch(model, epoch)
     if device.type == "cuda":
@@ -113,7 +138,7 @@ def _epoch(method, model, loader, opt, sched, cfg, device, precision, epoch, pro
         if first_batch is None:
             first_batch = (x, y)
         with autocast(precision, device):
-            loss, logits, targets = method.train_step(model, x, y)
+            loss, logits, targets = step(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -124,17 +149,29 @@ def _epoch(method, model, loader, opt, sched, cfg, device, precision, epoch, pro
         seen += len(y)
         scored += len(targets)
         if (i + 1) % cfg.log_every == 0 or i + 1 == len(loader):
-            mean_loss = loss_sum.item() / seen  # the only host sync
+            totals = _totals(loss_sum, correct, seen, scored)  # the only host sync (summed over ranks)
+            mean_loss = totals[0] / totals[2]
             if not math.isfinite(mean_loss):
                 raise TrainingDiverged(f"{method.name}: loss became {mean_loss} in epoch {epoch + 1}; "
                                        f"lower --lr (now {cfg.lr}) or use --precision fp32")
-            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / scored:.3f}",
-                            img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{totals[1] / totals[3]:.3f}",
+                            img_s=f"{totals[2] / (time.perf_counter() - t0):.0f}")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    record = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / scored,
+    loss_total, correct_total, seen, scored = _totals(loss_sum, correct, seen, scored)
+    record = {"epoch": epoch + 1, "loss": loss_total / seen, "train_acc": correct_total / scored,
               "lr": opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen / seconds,
               "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")}
-    record.update(method.end_epoch(model, epoch, first_batch, opt))
+    # every rank runs the method's end of epoch (its own state stays consistent); rank 0's outcome and model
+    # state (FLOATS masks, Fast-AT's rollback and stop) are then everyone's
+    record.update(distributed.broadcast_object(method.end_epoch(model, epoch, first_batch, opt)))
+    distributed.broadcast_state(model, opt)
     return record
+
+
+def _totals(loss_sum, correct, seen: int, scored: int) -> list[float]:
+    """(loss sum, correct, seen, scored) over all ranks, as floats."""
+    t = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=loss_sum.device),
+                     torch.tensor(float(scored), device=loss_sum.device)])
+    return distributed.all_sum(t).tolist()

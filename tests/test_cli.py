@@ -51,7 +51,8 @@ def test_corrupt_checkpoint(capsys, tmp_path):
     code, err = _main(capsys, "--methods", "pgd_at", "--out", str(tmp_path), "--no-progress", "--epochs", "1")
     assert code == 2 and "corrupt" in err and "--force" in err and err.count("\n") == 0
     # --force is the named fix, and it works
-    code, err = _main(capsys, "--methods", "pgd_at", "--out", str(tmp_path), "--no-progress", "--epochs", "1", "--force")
+    code, err = _main(capsys, "--methods", "pgd_at", "--out", str(tmp_path), "--no-progress", "--epochs", "1", "--force",
+                      "--aa", "off")
     assert code == 0, err
 
 
@@ -77,7 +78,7 @@ def test_nan_loss_is_one_line_error(capsys, tmp_path):
 
 
 def test_changed_settings_need_force(capsys, tmp_path):
-    base = ["--methods", "pgd_at", "--train-lambdas", "0", "--out", str(tmp_path), "--no-progress"]
+    base = ["--methods", "pgd_at", "--train-lambdas", "0", "--out", str(tmp_path), "--no-progress", "--aa", "off"]
     assert _main(capsys, *base, "--epochs", "1")[0] == 0
     code, err = _main(capsys, *base, "--epochs", "2")
     assert code == 2 and "--force" in err

@@ -1,0 +1,178 @@
+"""Model complexity at one lambda: parameters used, MACs of one inference, latency, throughput, memory.
+
+All functions run inside ``method.configure(model, lam)`` and read the conditioned layers' shared ``cond``,
+so they count what the configured forward pass really uses; they know the layer classes
+(``CondConv2d``, ``DualBN``, ``FiLM``), not the methods.
+
+Parameters (``nn.Parameter`` entries; buffers such as BN running statistics, masks and the input
+normalisation are not counted, as in published parameter counts):
+- ``params``: every parameter entry of the model, shared tensors once.
+- ``nonzero_params`` at a lambda: entries the configured forward uses and that are non-zero, observed
+  during one forward pass (forward pre-hooks): a module that runs uses its own parameters, one that does not
+  run uses none. A ``CondConv2d`` weight counts where ``weight * current_mask()`` is non-zero (the mask the
+  condition selects: ``mask`` for FLOATS, ``mask_clean``/``mask_adv`` for SMART); its noise scale ``alpha``
+  counts only when the convolution is noisy and ``cond.noise != 0``. A ``DualBN`` thus counts only the
+  branch(es) the condition routes rows to (``n_clean == ALL``: ``bn_clean``; ``0``: ``bn_adv``), and a
+  forward that runs several paths (SMART's mixed logits) counts each entry once.
+- ``stored_params``: what a deployment must store to serve the whole lambda grid: the union over lambdas
+  of the entries used (per-parameter boolean masks OR-ed), shared weights once.
+
+MACs (``macs``): ``torch.utils.flop_counter.FlopCounterMode`` on one input image, MACs = FLOPs / 2. Its
+default formulas count convolutions and matrix products (2 FLOPs per multiply-accumulate; biases, BN, ReLU,
+pooling and the input normalisation are not counted). Added through its ``custom_mapping``: the elementwise
+multiplies, adds and subtractions executed inside every ``FiLM`` and inside every ``CondConv2d`` that draws
+weight noise at this lambda, one FLOP per output element: FiLM's ``h * scale + shift`` (one MAC per
+activation; FiLM's MLP is counted by the default formulas) and building the noisy weight
+``W + alpha * lambda * eta``, ``eta = randn * std(W)`` (with the mask products ``W * M``, ``eta * M`` of a
+masked noisy convolution). Not counted: drawing the random numbers, ``std``, the LeakyReLU, and the mask
+product of a convolution without noise (a deployment stores ``W * M``). Noise and the FiLM MLP are per
+forward pass, so at batch 1 one image pays all of it. Masked convolutions are counted dense (the counter
+sees a dense kernel); ``nonzero_params`` shows the sparsity.
+
+Timing: latency at batch 1 and throughput at batch 256 (the test images, repeated if fewer), after
+warm-up; CUDA events on a GPU, ``time.perf_counter`` on the CPU (few iterations: a cheap estimate).
+Peak memory: ``torch.cuda.max_memory_allocated`` during the batch-256 pass (weights included); NaN on CPU.
+All in fp32, the precision evaluation runs in.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .conditioned import CondConv2d, FiLM
+
+_ELEMENTWISE = (torch.ops.aten.mul, torch.ops.aten.add, torch.ops.aten.sub)
+
+
+def params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def used_masks(forward, model: nn.Module, x1: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per parameter (by name, shared tensors once): a boolean tensor of the entries that ``forward(x1)``
+    uses and that are non-zero, observed with forward pre-hooks on every module of ``model``.
+
+    A module that runs uses its own parameters, except: a ``CondConv2d`` uses its weight through the mask
+    the condition selects (both of SMART's when rows are split) and its ``alpha`` only when it is noisy and
+    ``cond.noise != 0``. A module that never runs uses nothing, so a ``DualBN`` counts just the branch(es)
+    the condition routes rows to, and a forward that runs several paths (e.g. SMART's mixed logits) counts
+    each path once."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    used = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
+
+    def mark(p, entries=None):
+        if p is not None and id(p) in names:
+            name = names[id(p)]
+            used[name] |= (p.detach() != 0) if entries is None else entries
+
+    def hook(module, inputs):
+        if isinstance(module, CondConv2d):
+            w, x = module.weight.detach(), inputs[0]
+            k = min(module.cond.n_clean, len(x))
+            if len(module.paths) == 2 and 0 < k < len(x):
+                mask = torch.maximum(*module.masks().values())
+            else:
+                mask = module.current_mask()
+            mark(module.weight, (w != 0) if mask is None else (w * mask) != 0)
+            mark(module.bias)
+            if module.noisy and module.cond.noise:
+                mark(module.alpha)
+            return
+        for p in module.parameters(recurse=False):
+            mark(p)
+
+    hooks = [m.register_forward_pre_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            forward(x1)
+    finally:
+        for h in hooks:
+            h.remove()
+    return used
+
+
+def count(masks: dict[str, torch.Tensor]) -> int:
+    return int(sum(m.sum().item() for m in masks.values()))
+
+
+def union(a: dict[str, torch.Tensor] | None, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Entries used at some lambda so far (``a`` None: nothing yet)."""
+    return dict(b) if a is None else {k: a[k] | b[k] for k in b}
+
+
+def macs(forward, model: nn.Module, x1: torch.Tensor) -> float:
+    """Multiply-accumulates of ``forward`` on the single input ``x1`` [1, C, H, W] (see the module doc)."""
+    depth, stack = [0], []
+
+    def enter(module, _):
+        counted = isinstance(module, FiLM) or bool(module.noisy and module.cond.noise)
+        stack.append(counted)
+        depth[0] += counted
+
+    def leave(*_):
+        depth[0] -= stack.pop()
+
+    def elementwise(*args, out_shape=None, **kwargs):
+        return math.prod(out_shape) if depth[0] > 0 and out_shape is not None else 0
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, (FiLM, CondConv2d)):
+            hooks += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={op: elementwise for op in _ELEMENTWISE}) as fc:
+            forward(x1)
+    finally:
+        for h in hooks:
+            h.remove()
+    return fc.get_total_flops() / 2
+
+
+def _batch(x: torch.Tensor, n: int) -> torch.Tensor:
+    reps = -(-n // len(x))
+    return x.repeat(reps, *[1] * (x.dim() - 1))[:n].contiguous()
+
+
+def _time(forward, x, device, warmup: int, iters: int, min_s: float) -> float:
+    """Seconds per call of ``forward(x)``: the mean of at least ``iters`` timed calls (more, up to
+    ``min_s`` seconds in all, on a GPU)."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            forward(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            total, calls = 0.0, 0
+            while calls < iters or total < min_s:
+                start.record()
+                forward(x)
+                end.record()
+                torch.cuda.synchronize(device)
+                total += start.elapsed_time(end) / 1000
+                calls += 1
+            return total / calls
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            forward(x)
+        return (time.perf_counter() - t0) / iters
+
+
+def inference_cost(forward, x: torch.Tensor, batch: int = 256) -> dict[str, float]:
+    """``infer_latency_ms`` (batch 1), ``infer_throughput`` (images/s at ``batch``), ``infer_peak_mem_mb``."""
+    device = x.device
+    cuda = device.type == "cuda"
+    x1, xb = _batch(x[:1], 1).float(), _batch(x, batch).float()
+    if cuda:
+        x1, xb = x1.contiguous(memory_format=torch.channels_last), xb.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, enabled=False):
+        latency = _time(forward, x1, device, warmup=10 if cuda else 1, iters=50 if cuda else 5, min_s=0.5)
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        per_batch = _time(forward, xb, device, warmup=3 if cuda else 1, iters=10 if cuda else 1, min_s=0.5)
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else float("nan")
+    return {"infer_latency_ms": latency * 1000, "infer_throughput": batch / per_batch, "infer_peak_mem_mb": peak}

@@ -220,21 +220,24 @@ def offline(monkeypatch):
     return calls
 
 
-def test_missing_cifar10_raises_data_error(offline):
-    existed = Path("/nonexistent").exists()
+def test_missing_cifar10_raises_data_error(offline, tmp_path):
+    """A root that does not exist (a typo) is an error naming it; nothing is downloaded or created there."""
+    root = tmp_path / "no-such-root"
     with pytest.raises(DataError) as exc:
-        load_dataset("cifar10", root="/nonexistent")
+        load_dataset("cifar10", root=str(root))
     _assert_helpful(exc.value)
-    assert "'cifar10'" in str(exc.value) and "/nonexistent" in str(exc.value)
-    assert offline, "torchvision's download path was never tried"
-    assert Path("/nonexistent").exists() == existed
+    assert "'cifar10'" in str(exc.value) and str(root) in str(exc.value)
+    assert not offline, "a download was tried into a root that does not exist"
+    assert not root.exists()
 
 
 def test_missing_cifar10_in_empty_folder(offline, tmp_path):
+    """An existing but empty root: torchvision's download is tried (and fails offline), then a clear error."""
     with pytest.raises(DataError) as exc:
         load_dataset("cifar10", root=str(tmp_path))
     _assert_helpful(exc.value)
     assert str(tmp_path) in str(exc.value)
+    assert offline, "torchvision's download path was never tried"
 
 
 @pytest.mark.parametrize("name", ["npz", "cifar10", "fashion_mnist"])

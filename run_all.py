@@ -4,9 +4,12 @@
   python run_all.py --methods pgd_at,fast_at                       # embedded digits, small CNN (preset smoke)
   python run_all.py --preset cifar10-fast --methods fast_at --data-root /data
   python run_all.py --preset paper --methods pgd_at --train-lambdas 0,0.1,0.2,0.3,0.4,1
+  torchrun --nproc-per-node 8 run_all.py -- --preset paper --methods oat  # one job on 8 GPUs (DDP)
+  python run_all.py --preset paper --methods oat,float --seeds 0,1,2 --executor slurm --slurm-partition gpu
 
 Flags override the preset; the method's own defaults (e.g. Fast-AT's cyclic schedule) sit in between.
 Rerunning the same command skips finished jobs and resumes unfinished ones from their last epoch.
+Every run ends with <out>/<run>/report.html and report.pdf (python -m report <out>/<run> re-renders them).
 """
 from __future__ import annotations
 
@@ -66,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
     a("--device", help="auto (default: cuda if available), cpu, cuda, cuda:1, ...")
     a("--force", action="store_true", help="retrain jobs that already finished")
     a("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
+    a("--no-report", dest="report", action="store_false", help="do not render report.html and report.pdf at the end")
+    a("--clean-floor", type=float, help="report: also compare methods at the best robust accuracy with clean "
+                                        "accuracy at least this (e.g. 0.8)")
     t = p.add_argument_group("training (override the preset and the method's defaults)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
@@ -91,6 +97,16 @@ def parser() -> argparse.ArgumentParser:
                                                 "(default 200; smoke: 100)")
     e.add_argument("--complexity", choices=["on", "off"],
                    help="parameters, MACs, latency, throughput and memory at every lambda; default on")
+    x = p.add_argument_group("where jobs run (default: here, one after another; see README, Scale out)")
+    x.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
+                   help="local (default), slurm (each job a task of a Slurm job array, through submitit), "
+                        "submitit-local (the same with local processes: a first try, and the tests)")
+    x.add_argument("--slurm-partition", help="Slurm partition (default: the cluster's)")
+    x.add_argument("--slurm-gpus-per-job", type=int, default=1,
+                   help="GPUs per job, one process each, joined into one DDP job (0: CPU only). Default 1")
+    x.add_argument("--slurm-time", type=int, default=24 * 60, help="time limit per job in minutes (default 1440)")
+    x.add_argument("--slurm-array-parallelism", type=int, default=32, help="at most this many jobs at once (default 32)")
+    x.add_argument("--slurm-cpus-per-task", type=int, help="CPU cores per process (default: the cluster's)")
     return p
 
 
@@ -125,15 +141,31 @@ def config_from_args(args):
         parse_attack(spec)
     for lam in cfg.train_lambdas or ():
         check_lambda(lam)
+    if args.clean_floor is not None and not 0 <= args.clean_floor <= 1:
+        raise LambenchError(f"--clean-floor {args.clean_floor} is outside [0, 1]; give a fraction, e.g. 0.8")
     return cfg, overrides
 
 
+def executor_from_args(args):
+    from harness.executor import ExecutorConfig
+    return ExecutorConfig(kind=args.executor, partition=args.slurm_partition, gpus_per_job=args.slurm_gpus_per_job,
+                          time_min=args.slurm_time, array_parallelism=args.slurm_array_parallelism,
+                          cpus_per_task=args.slurm_cpus_per_task)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:  # torchrun ... run_all.py -- ARGS (the -- keeps torchrun off --run; see README)
+        argv = argv[1:]
     try:
         args = parser().parse_args(argv)
+        from harness import distributed
         from harness.runner import run
         cfg, overrides = config_from_args(args)
-        run(cfg, overrides, command=" ".join(["python run_all.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))
+        command = " ".join(["python run_all.py", *map(shlex.quote, argv)])
+        run(cfg, overrides, command=command, executor=executor_from_args(args))
+        if args.report and distributed.is_main():
+            _report(cfg, args.clean_floor)
     except LambenchError as exc:
         print(f"lambench: error: {exc}", file=sys.stderr)
         return 2
@@ -141,6 +173,22 @@ def main(argv=None) -> int:
         print("lambench: interrupted; rerun the same command to resume from the last finished epoch", file=sys.stderr)
         return 130
     return 0
+
+
+def _report(cfg, clean_floor) -> None:
+    """Render the run's report from its results store (a failure here is one line; the results stay)."""
+    from pathlib import Path
+    run_dir = Path(cfg.out) / (cfg.run or "run")
+    if not any(run_dir.glob("*/rows.csv")):
+        return
+    from report import render
+    try:
+        paths = render(run_dir, clean_floor=clean_floor)
+    except Exception as exc:  # noqa: BLE001 - a report failure must not hide the run's own outcome
+        print(f"lambench: the report could not be rendered ({type(exc).__name__}: {exc}); the results are in "
+              f"{run_dir / 'results.csv'}; retry with python -m report {run_dir}", file=sys.stderr)
+        return
+    print("report: " + ", ".join(str(paths[k]) for k in ("html", "pdf") if k in paths))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ measurements all use exactly that callable, so the configuration attacked is the
 Evaluation runs in fp32 so the attack's gradients are not degraded by low precision. Models with random
 forward passes get a fixed noise seed per evaluation and clean accuracy over several draws; AutoAttack
 runs its ``rand`` version on them (APGD-CE and APGD-DLR with EOT over 20 draws) unless ``aa`` is ``off``.
+On several processes (torchrun) each rank attacks a contiguous slice of the examples and the per-example
+results are gathered in order, so the figures are those of one process (up to the random draws).
 """
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ import statistics
 import torch
 from tqdm.auto import tqdm
 
-from . import checks, complexity
+from . import checks, complexity, distributed
 from .attacks import AttackSpec, parse_attack
-from .autoattack import run_autoattack
+from .autoattack import AAResult, package, run_autoattack
 from .config import EvalConfig
 from .data import Dataset, DeviceLoader
 from .errors import LambenchError
@@ -25,8 +27,17 @@ NAN = float("nan")
 AA_MODES = ("standard", "rand", "off")
 
 
+def _loader(x, y, batch_size) -> DeviceLoader:
+    """A loader over this rank's slice of ``x, y`` (all of it on one process); ``total`` is ``len(x)``."""
+    part = distributed.split(len(x))
+    loader = DeviceLoader(x[part], y[part], batch_size)
+    loader.total = len(x)
+    return loader
+
+
 def _correct(forward, loader, attack=None, eps=0.0, step=None, bar=None) -> torch.Tensor:
-    """Per-example correctness (bool, in the loader's order) of ``forward`` on clean or attacked inputs."""
+    """Per-example correctness (bool, in order, over every rank's slice) of ``forward`` on clean or attacked
+    inputs."""
     out = []
     for x, y in loader:
         if attack is not None:
@@ -35,7 +46,8 @@ def _correct(forward, loader, attack=None, eps=0.0, step=None, bar=None) -> torc
             out.append(forward(x).argmax(1) == y)
         if bar is not None:
             bar.update(1)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+    local = torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=loader.y.device)
+    return distributed.gather(local, loader.total)
 
 
 def _mean(correct: torch.Tensor) -> float:
@@ -66,18 +78,20 @@ def evaluate(method, model, data: Dataset, cfg: EvalConfig, eps: float, seed: in
     if cfg.aa not in AA_MODES:
         raise LambenchError(f"unknown AutoAttack mode {cfg.aa!r}; use one of {', '.join(AA_MODES)}")
     x, y = (data.x_test, data.y_test) if cfg.n is None else (data.x_test[:cfg.n], data.y_test[:cfg.n])
-    loader = DeviceLoader(x, y, cfg.batch_size)
+    loader = _loader(x, y, cfg.batch_size)
     attacks = [parse_attack(a) for a in cfg.attacks]
     grid = method.lambda_grid()
     n_aa = min(cfg.aa_n, len(x)) if cfg.aa != "off" else 0
     n_chk = min(cfg.checks_n, len(x)) if cfg.checks else 0
-    sub = DeviceLoader(x[:n_chk], y[:n_chk], cfg.batch_size)
+    sub = _loader(x[:n_chk], y[:n_chk], cfg.batch_size)
     x_img = x[: max(1, min(len(x), 256))].float() / 255
     draws_at = {lam: cfg.noise_draws if method.is_random(lam) else 1 for lam in grid}
     total = sum(len(loader) * (draws_at[lam] + len(attacks)) + (n_aa > 0)
                 + len(sub) * (len(check_attacks(cfg, method.is_random(lam))) + 1) * (n_chk > 0) for lam in grid)
     rows, stored = [], None
-    with tqdm(total=total, desc=f"eval {method.name}", leave=False, disable=not progress, dynamic_ncols=True) as bar:
+    measure = cfg.complexity and distributed.is_main()  # timings on one process; rank 0 writes the rows
+    with tqdm(total=total, desc=f"eval {method.name}", leave=False, disable=not (progress and distributed.is_main()),
+              dynamic_ncols=True) as bar:
         for lam in grid:
             def row(metric, value, attack="", n=len(x), lam=lam, **extra):
                 rows.append({"lambda": lam, "metric": metric, "value": value, "attack": attack, "n": n, **extra})
@@ -100,15 +114,14 @@ def evaluate(method, model, data: Dataset, cfg: EvalConfig, eps: float, seed: in
                 version = aa_version(cfg, method, lam)
                 if version and n_aa:
                     torch.manual_seed(seed)
-                    res = run_autoattack(forward, x[:n_aa].float() / 255, y[:n_aa], eps, version,
-                                         cfg.batch_size, seed, model=model)
-                    row("aa_acc", res.acc, res.attack, n_aa)
+                    acc, res = _autoattack(forward, model, x[:n_aa], y[:n_aa], eps, version, cfg.batch_size, seed)
+                    row("aa_acc", acc, res.attack, n_aa)
                     row("flag:autoattack", float(bool(res.warnings)), res.attack, NAN,
                         detail=f"the {res.package} package warned: " + " | ".join(res.warnings) if res.warnings else "")
                     bar.update(1)
                 if n_chk:
                     rows.extend(_check_rows(lam, forward, sub, base, cfg, eps, seed, method.is_random(lam), bar))
-                if cfg.complexity:
+                if measure:
                     used = complexity.used_masks(forward, model, x_img[:1])
                     stored = complexity.union(stored, used)
                     row("nonzero_params", complexity.count(used), n=NAN)
@@ -117,7 +130,7 @@ def evaluate(method, model, data: Dataset, cfg: EvalConfig, eps: float, seed: in
                     row("infer_latency_ms", cost["infer_latency_ms"], n=1, precision="fp32")
                     row("infer_throughput", cost["infer_throughput"], n=256, precision="fp32")
                     row("infer_peak_mem_mb", cost["infer_peak_mem_mb"], n=256, precision="fp32")
-    if cfg.complexity:
+    if measure:
         rows += [{"lambda": NAN, "metric": "params", "value": complexity.params(model), "attack": "", "n": NAN},
                  {"lambda": NAN, "metric": "stored_params", "value": complexity.count(stored), "attack": "", "n": NAN}]
     if cfg.checks:
@@ -125,10 +138,25 @@ def evaluate(method, model, data: Dataset, cfg: EvalConfig, eps: float, seed: in
     return rows
 
 
+def _autoattack(forward, model, x, y, eps, version, batch_size, seed):
+    """(accuracy over all of ``x``, a result carrying every rank's warnings): each rank attacks its slice."""
+    part = distributed.split(len(x))
+    if part.stop > part.start:
+        res = run_autoattack(forward, x[part].float() / 255, y[part], eps, version, batch_size, seed, model=model)
+    else:  # fewer examples than processes: this rank has none
+        res = AAResult(acc=0.0, n=0, version=version, package=package()[0], seconds=0.0)
+    if not distributed.active():
+        return res.acc, res
+    local = torch.tensor([res.acc * res.n, float(res.n)], dtype=torch.float64, device=y.device)
+    robust, n = distributed.all_sum(local).tolist()
+    res.warnings = list(dict.fromkeys(w for ws in distributed.gather_objects(res.warnings) for w in ws))
+    return robust / n, res
+
+
 def _check_rows(lam, forward, sub, base, cfg, eps, seed, random, bar) -> list[dict]:
     """``check_acc`` rows on the checks subset: PGD-20 (the reference; taken from the main PGD-20 run when
     there was one), at 2 eps, at eps = 1.0, PGD-100, and PGD-20 with EOT for random models."""
-    n = len(sub.x)
+    n = sub.total
     rows = []
     if base is None:
         torch.manual_seed(seed)

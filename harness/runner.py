@@ -3,6 +3,9 @@
 Each job trains (or resumes), evaluates at every lambda of its method's grid and writes its own rows; the
 run's ``results.csv`` is reassembled from the finished jobs after each one, so nothing finished is lost.
 Rerunning skips finished jobs; ``--force`` retrains them.
+
+Jobs run here one after another (``--executor local``), each across every process of a torchrun launch
+(distributed.py: rank 0 writes), or as independent submitit tasks (executor.py), which call ``run_one``.
 """
 from __future__ import annotations
 
@@ -18,11 +21,12 @@ import torch
 
 from methods import get_method
 
-from . import checks
+from . import checks, distributed
 from .config import RunConfig, TrainConfig, apply, check_lambda
-from .data import Dataset, load_dataset
+from .data import Dataset, dataset_eps, load_dataset
 from .errors import LambenchError
 from .evaluate import evaluate
+from .executor import ExecutorConfig, check as check_executor, submit_and_wait
 from .store import assemble, read_json, write_csv, write_json, write_text
 from .train import precision_of, train
 
@@ -71,59 +75,139 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command: str | None = None) -> pd.DataFrame:
+def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command: str | None = None,
+        executor: ExecutorConfig | None = None) -> pd.DataFrame:
     """Run every job of ``cfg``; ``command`` (the command line) is recorded in ``<run>/run.json``."""
-    device = resolve_device(cfg.device)
+    ex = executor or ExecutorConfig()
+    check_executor(ex)
+    launched = distributed.init(cfg.device)
+    if launched is not None and ex.kind != "local":
+        raise LambenchError(f"--executor {ex.kind} submits the jobs itself; start it once, not under torchrun "
+                            f"(use --slurm-gpus-per-job for several GPUs per job)")
+    device = launched or resolve_device(cfg.device)
+    main = distributed.is_main()
+    if not main:
+        log = _quiet
     jobs = expand_jobs(cfg, train_overrides)
     run_dir = Path(cfg.out) / (cfg.run or "run")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "run.json", {"command": command or "", "config": _jsonable(dataclasses.asdict(cfg)),
-                                      "device": device_name(device), "versions": versions()})
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "run.json", {"command": command or "", "config": _jsonable(dataclasses.asdict(cfg)),
+                                          "device": device_name(device), "versions": versions(),
+                                          "processes": distributed.world_size(), "executor": ex.kind})
+    distributed.barrier()
+    if ex.kind != "local":
+        return _submit(cfg, jobs, run_dir, ex, log)
     datasets: dict[str, Dataset] = {}
     for i, job in enumerate(jobs, 1):
         if job.dataset not in datasets:  # loaded once, kept on the device as uint8
             datasets[job.dataset] = load_dataset(job.dataset, cfg.data_root, cfg.subset).to(device)
         log(f"[{i}/{len(jobs)}] {job.name}")
         run_job(job, cfg, datasets[job.dataset], run_dir, device, log)
-        assemble(run_dir)
-    table = assemble(run_dir)
+        if main:
+            assemble(run_dir)
+    distributed.barrier()
+    table = assemble(run_dir) if main else pd.read_csv(run_dir / "results.csv")
     log(f"results: {run_dir / 'results.csv'} ({len(table)} rows)")
     return table
 
 
-def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torch.device, log=print) -> None:
+def _quiet(*args, **kwargs) -> None:
+    """The log of ranks other than 0: rank 0 speaks for the job."""
+
+
+def _submit(cfg: RunConfig, jobs: list[Job], run_dir: Path, ex: ExecutorConfig, log) -> pd.DataFrame:
+    """Submit the unfinished jobs (each its own task), wait, assemble the table from every finished job."""
+    if cfg.force:
+        for job in jobs:
+            shutil.rmtree(run_dir / job.name, ignore_errors=True)
+    todo = [job for job in jobs if job_state(job, cfg, run_dir) != "done"]
+    log(f"{len(jobs) - len(todo)} finished already, {len(todo)} to run")
+    failures = submit_and_wait(cfg, todo, run_dir, ex, log)
+    table = assemble(run_dir)
+    log(f"results: {run_dir / 'results.csv'} ({len(table)} rows)")
+    if failures:
+        raise LambenchError(f"{len(failures)} of {len(jobs)} jobs failed ({failures[0]}); rerun the same "
+                            f"command to resubmit only those")
+    return table
+
+
+def run_one(cfg: RunConfig, job: Job, run_dir: Path, log=print) -> None:
+    """One job in a process of its own (a submitit task; several processes when the task is a DDP job)."""
+    launched = distributed.init(cfg.device)
+    device = launched or resolve_device(cfg.device)
+    if not distributed.is_main():
+        log = _quiet
+    data = load_dataset(job.dataset, cfg.data_root, cfg.subset).to(device)
+    try:
+        run_job(job, cfg, data, Path(run_dir), device, log)
+    finally:
+        distributed.shutdown()
+
+
+def _identity(job: Job, cfg: RunConfig) -> dict:
+    """What a job's results depend on (its ``config.json``); ``eval.json`` holds the evaluation settings."""
+    return {"method": job.method, "dataset": job.dataset, "arch": job.arch, "seed": job.seed,
+            "train_lambda": job.train_lambda, "eps": dataset_eps(job.dataset, cfg.eps), "subset": cfg.subset,
+            "train": dataclasses.asdict(job.train)}
+
+
+def _eval_settings(job: Job, cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg.eval) | {"eps": dataset_eps(job.dataset, cfg.eps)}
+
+
+def job_state(job: Job, cfg: RunConfig, run_dir: Path) -> str:
+    """"done" (rows written under these settings), "new" (nothing yet, or a checkpoint to resume from);
+    a folder trained with other settings is an error naming --force."""
     job_dir = run_dir / job.name
-    eps = cfg.eps if cfg.eps is not None else data.info.eps
-    identity = {"method": job.method, "dataset": job.dataset, "arch": job.arch, "seed": job.seed,
-                "train_lambda": job.train_lambda, "eps": eps, "subset": cfg.subset,
-                "train": dataclasses.asdict(job.train)}
-    eval_settings = dataclasses.asdict(cfg.eval) | {"eps": eps}
-    if cfg.force and job_dir.exists():
-        shutil.rmtree(job_dir)
-    if (job_dir / "config.json").exists():
-        if read_json(job_dir / "config.json") != _jsonable(identity):
-            raise LambenchError(f"{job_dir} holds a job trained with other settings; rerun with --force to "
-                                f"retrain it, or pick another --run name")
-        if (job_dir / "rows.csv").exists() and (job_dir / "eval.json").exists() \
-                and read_json(job_dir / "eval.json") == _jsonable(eval_settings):
-            log(f"  done already, skipped ({job_dir})")
-            return
-    write_json(job_dir / "config.json", identity)
+    if not (job_dir / "config.json").exists():
+        return "new"
+    if read_json(job_dir / "config.json") != _jsonable(_identity(job, cfg)):
+        raise LambenchError(f"{job_dir} holds a job trained with other settings; rerun with --force to "
+                            f"retrain it, or pick another --run name")
+    if (job_dir / "rows.csv").exists() and (job_dir / "eval.json").exists() \
+            and read_json(job_dir / "eval.json") == _jsonable(_eval_settings(job, cfg)):
+        return "done"
+    return "new"
+
+
+def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torch.device, log=print) -> None:
+    """Train (or resume) and evaluate one job; on several processes every rank takes part, rank 0 writes."""
+    job_dir = run_dir / job.name
+    eps = dataset_eps(job.dataset, cfg.eps)
+    main = distributed.is_main()
+    state = None
+    if main:
+        try:
+            if cfg.force and job_dir.exists():
+                shutil.rmtree(job_dir)
+            state = job_state(job, cfg, run_dir)
+            if state != "done":
+                write_json(job_dir / "config.json", _identity(job, cfg))
+        except LambenchError as exc:  # every rank stops with it
+            state = exc
+    state = distributed.broadcast_object(state)
+    if isinstance(state, LambenchError):
+        raise state
+    if state == "done":
+        log(f"  done already, skipped ({job_dir})")
+        return
 
     torch.manual_seed(job.seed)
     method = get_method(job.method)(job.train, eps, job.train_lambda)
     model = method.build_model(job.arch, data.info).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    t0 = time.perf_counter()
-    history = train(method, model, data, job.train, job_dir, device, cfg.progress, log)
+    shard = distributed.shard_train(data, job.seed)  # this process's share (all of it on one process)
+    history = train(method, model, shard, job.train, job_dir, device, cfg.progress, log)
+    trained = len(shard.x_train) * distributed.world_size()
     t_eval = time.perf_counter()
     rows = evaluate(method, model, data, cfg.eval, eps, seed=job.seed, progress=cfg.progress)
     eval_s = time.perf_counter() - t_eval
     # training cost as rows with no lambda (they do not vary with it)
     seconds = sum(h["seconds"] for h in history)
     images = sum(h["seconds"] * h["images_per_s"] for h in history)
-    rows += [{"lambda": float("nan"), "metric": m, "value": v, "attack": "", "n": len(data.x_train)} for m, v in (
+    rows += [{"lambda": float("nan"), "metric": m, "value": v, "attack": "", "n": trained} for m, v in (
         ("train_time_s", seconds), ("train_epoch_time_s", seconds / len(history) if history else float("nan")),
         ("train_images_per_s", images / seconds if seconds else float("nan")),
         ("train_peak_mem_mb", max(h["peak_mem_mb"] for h in history)), ("epochs_trained", len(history)),
@@ -131,9 +215,11 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     meta = {"run": run_dir.name, "job": job.name, "method": job.method, "dataset": job.dataset, "arch": job.arch,
             "seed": job.seed, "train_lambda": job.train_lambda, "eps": eps, "device": device_name(device),
             "torch": torch.__version__, "precision": precision_of(job.train, device)}
+    if not main:
+        return
     warnings = checks.warning_lines(rows)
     write_text(job_dir / "warnings.txt", "".join(line + "\n" for line in warnings))
-    write_json(job_dir / "eval.json", eval_settings)
+    write_json(job_dir / "eval.json", _eval_settings(job, cfg))
     write_csv(job_dir / "rows.csv", pd.DataFrame([meta | {k: v for k, v in r.items() if k != "detail"} for r in rows]))
     _log_rows(rows, log)
     for line in warnings:

@@ -107,3 +107,8 @@ def test_runner_prints_flags_and_keeps_details_out_of_the_table(monkeypatch, tmp
     assert {"check_acc", "macs", "nonzero_params", "params", "stored_params", "train_epoch_time_s",
             "infer_latency_ms", "infer_throughput", "infer_peak_mem_mb"} <= set(table.metric)
     assert (table[table.metric == "infer_latency_ms"].precision == "fp32").all()
+    # the run ends with its report, the flag shown next to the figure it concerns
+    run_dir = tmp_path / "smoke"
+    assert f"report: {run_dir / 'report.html'}, {run_dir / 'report.pdf'}" in out
+    assert "aa_le_pgd [aa-standard] flagged" in (run_dir / "report.html").read_text()
+    assert (run_dir / "report.pdf").read_bytes().startswith(b"%PDF")

@@ -31,6 +31,9 @@ def test_unknown_method_real_cli(tmp_path):
     (["--train-attack", "cw"], "unknown attack"),
     (["--eps", "8/0"], "cannot read"),
     (["--subset", "0"], "--subset"),
+    (["--clean-floor", "80"], "--clean-floor"),
+    (["--executor", "slurm"], "sbatch"),
+    (["--executor", "submitit-local", "--slurm-time", "0"], "--slurm-time"),
 ])
 def test_bad_input_is_one_line(capsys, tmp_path, argv, expected):
     code, err = _main(capsys, "--methods", "pgd_at", "--out", str(tmp_path), "--no-progress", "--epochs", "1", *argv)
@@ -52,7 +55,7 @@ def test_corrupt_checkpoint(capsys, tmp_path):
     assert code == 2 and "corrupt" in err and "--force" in err and err.count("\n") == 0
     # --force is the named fix, and it works
     code, err = _main(capsys, "--methods", "pgd_at", "--out", str(tmp_path), "--no-progress", "--epochs", "1", "--force",
-                      "--aa", "off")
+                      "--aa", "off", "--no-report")
     assert code == 0, err
 
 
@@ -78,7 +81,8 @@ def test_nan_loss_is_one_line_error(capsys, tmp_path):
 
 
 def test_changed_settings_need_force(capsys, tmp_path):
-    base = ["--methods", "pgd_at", "--train-lambdas", "0", "--out", str(tmp_path), "--no-progress", "--aa", "off"]
+    base = ["--methods", "pgd_at", "--train-lambdas", "0", "--out", str(tmp_path), "--no-progress", "--aa", "off",
+            "--no-report"]
     assert _main(capsys, *base, "--epochs", "1")[0] == 0
     code, err = _main(capsys, *base, "--epochs", "2")
     assert code == 2 and "--force" in err

@@ -17,7 +17,7 @@ import argparse
 import shlex
 import sys
 
-from harness.config import PRESETS, apply, check_lambda, from_preset, parse_fraction
+from harness.config import COMPILE_MODES, PRESETS, apply, check_lambda, from_preset, parse_fraction
 from harness.errors import LambenchError
 
 
@@ -80,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--train-attack", help="pgd7 (default), pgdK, or fgsm_rs")
     t.add_argument("--attack-step", type=parse_fraction, help="step of the training attack, e.g. 2/255")
     t.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="auto: bf16 on CUDA, fp32 on CPU")
+    t.add_argument("--compile", choices=COMPILE_MODES,
+                   help="CUDA only: compile the model's forward for training with torch.compile; reduce-overhead "
+                        "adds CUDA graphs (the lever at small batches). Evaluation always runs the plain model")
     t.add_argument("--opt", dest="options", action="append", type=_option, metavar="KEY=VALUE",
                    help="method option, repeatable, e.g. --opt encoding=onehot (oat); see README")
     e = p.add_argument_group("evaluation")
@@ -110,7 +113,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-TRAIN_FLAGS = ("epochs", "batch_size", "lr", "schedule", "train_attack", "attack_step", "precision", "options")
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "schedule", "train_attack", "attack_step", "precision", "compile", "options")
 EVAL_FLAGS = {"eval": "attacks", "eval_n": "n", "eval_batch_size": "batch_size", "aa": "aa", "aa_n": "aa_n",
               "checks": "checks", "checks_n": "checks_n", "complexity": "complexity"}
 ON_OFF = ("checks", "complexity")

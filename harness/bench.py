@@ -1,6 +1,7 @@
 """Training-throughput benchmark: images/s of the real training loop (not a timed test).
 
   python -m harness.bench --methods pgd_at --arch resnet34 --batch-size 128          # PGD-7, the issue's setting
+  python -m harness.bench --methods pgd_at,oat,float --compile reduce-overhead       # with CUDA graphs
   python -m harness.bench --methods pgd_at,fast_at --arch preact_resnet18 --batch-size 512
 
 Runs one warm-up epoch and then times whole epochs of ``harness.train``'s loop on CIFAR-shaped uint8 data kept
@@ -16,22 +17,23 @@ import torch
 
 from methods import get_method
 
-from .config import TrainConfig
+from .config import COMPILE_MODES, TrainConfig
 from .data import DatasetInfo, DeviceLoader
 from .errors import LambenchError
 from .runner import device_name, resolve_device
-from .train import _epoch, optimizer_for, precision_of
+from .train import _epoch, compiled, optimizer_for, precision_of
 
 
 def bench(method_name: str, arch: str, batch_size: int, iters: int, device: torch.device, attack: str | None,
-          precision: str = "auto", size: int = 32, seed: int = 0) -> dict:
+          precision: str = "auto", size: int = 32, seed: int = 0, compile: str = "off") -> dict:
     torch.manual_seed(seed)
     info = DatasetInfo("synthetic", 10, 3, size, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26), 8 / 255, 4, True)
     n = batch_size * iters
     x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
     y = torch.randint(0, 10, (n,), device=device)
     cls = get_method(method_name)
-    fields = {**cls.defaults, "batch_size": batch_size, "epochs": 2, "precision": precision, "log_every": 10**9}
+    fields = {**cls.defaults, "batch_size": batch_size, "epochs": 2, "precision": precision, "log_every": 10**9,
+              "compile": compile}
     if attack:
         fields["train_attack"] = attack
     cfg = TrainConfig(**fields)
@@ -43,11 +45,15 @@ def bench(method_name: str, arch: str, batch_size: int, iters: int, device: torc
     opt, sched = optimizer_for(model, cfg, cfg.epochs * len(loader))
     prec = precision_of(cfg, device)
     step = lambda x, y: method.train_step(model, x, y)  # noqa: E731  (one process: no DDP wrapper)
-    _epoch(method, model, step, loader, opt, sched, cfg, device, prec, 0, False)  # warm-up (cudnn autotune, allocator)
-    rec = _epoch(method, model, step, loader, opt, sched, cfg, device, prec, 1, False)
+    with compiled(model, compile, device):
+        # warm-up epoch: cudnn autotuning, the allocator, and with --compile the compilation and graph capture
+        warm = _epoch(method, model, step, loader, opt, sched, cfg, device, prec, 0, False)
+        rec = _epoch(method, model, step, loader, opt, sched, cfg, device, prec, 1, False)
+    # CUDA graphs allocate their memory while being captured (in the warm-up epoch), so the peak is the larger
+    peak = max(warm["peak_mem_mb"], rec["peak_mem_mb"])
     return {"method": method_name, "arch": arch, "batch_size": batch_size, "train_attack": cfg.train_attack,
-            "images_per_s": rec["images_per_s"], "seconds": rec["seconds"], "iters": iters,
-            "peak_mem_mb": rec["peak_mem_mb"], "precision": prec, "torch": torch.__version__,
+            "compile": compile, "images_per_s": rec["images_per_s"], "seconds": rec["seconds"], "iters": iters,
+            "peak_mem_mb": peak, "precision": prec, "torch": torch.__version__,
             "device": device_name(device)}
 
 
@@ -59,14 +65,17 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=50, help="timed iterations (one extra epoch of warm-up)")
     p.add_argument("--attack", help="training attack (default: the method's, pgd7 for pgd_at)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--compile", default="off", choices=COMPILE_MODES,
+                   help="CUDA: torch.compile the forward (reduce-overhead: with CUDA graphs); default off")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     try:
         device = resolve_device(args.device)
         torch.backends.cudnn.benchmark = True
         for name in args.methods.split(","):
-            r = bench(name, args.arch, args.batch_size, args.iters, device, args.attack, args.precision)
-            print(f"{r['method']:8s} {r['arch']} bs={r['batch_size']} {r['train_attack']}: "
+            r = bench(name, args.arch, args.batch_size, args.iters, device, args.attack, args.precision,
+                      compile=args.compile)
+            print(f"{r['method']:8s} {r['arch']} bs={r['batch_size']} {r['train_attack']} compile={r['compile']}: "
                   f"{r['images_per_s']:.1f} images/s ({r['iters']} iters, {r['seconds']:.2f}s) "
                   f"peak {r['peak_mem_mb']:.0f} MiB | {r['device']}, {r['precision']}, torch {r['torch']}")
     except LambenchError as exc:

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .config import TrainConfig
+from .config import COMPILE_MODES, TrainConfig
 from .data import Dataset, DeviceLoader
 from .errors import LambenchError, TrainingDiverged
 from .store import load_checkpoint, save_checkpoint, write_csv
@@ -56,6 +56,23 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def compiled(model, mode: str, device: torch.device):
+    """While training, ``model``'s forward compiled by ``torch.compile`` (``reduce-overhead``: with CUDA graphs,
+    which remove the kernel-launch overhead that bounds small batches). CUDA only; on other devices, and for
+    evaluation afterwards, the model runs its plain forward, so scores never depend on this setting."""
+    if mode not in COMPILE_MODES:
+        raise LambenchError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+    if mode == "off" or device.type != "cuda":
+        yield model
+        return
+    model.forward = torch.compile(model.forward, mode=None if mode == "default" else mode)
+    try:
+        yield model
+    finally:
+        del model.forward  # the class's own forward again
+
+
 def train(method, model, data: Dataset, cfg: TrainConfig, job_dir: Path, device: torch.device,
           progress: bool = True, log=print) -> list[dict]:
     """Train ``model`` in place with ``method``; resume from ``job_dir/checkpoint.pt`` if present.
@@ -87,25 +104,26 @@ def train(method, model, data: Dataset, cfg: TrainConfig, job_dir: Path, device:
     step = distributed.training_step(method, model, device)
     progress = progress and distributed.is_main()
 
-    for epoch in range(start, cfg.epochs):
-        record = _epoch(method, model, step, loader, opt, sched, cfg, device, precision, epoch, progress)
-        history.append(record)
-        finished = bool(record.pop("stop", False)) or epoch + 1 == cfg.epochs
-        if record.get("note"):
-            log(f"{job_dir.name}: {record['note']}")
-        rng = {"cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        ranks = distributed.rng_states()
-        if ranks is not None:
-            rng["ranks"] = ranks
-        if distributed.is_main():
-            save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                   "scheduler": sched.state_dict(), "method": method.state_dict(), "rng": rng,
-                                   "epoch": epoch + 1, "history": history, "finished": finished})
-            write_csv(Path(job_dir) / "epochs.csv", pd.DataFrame(history))
-        if finished:
-            break
+    with compiled(model, cfg.compile, device):
+        for epoch in range(start, cfg.epochs):
+            record = _epoch(method, model, step, loader, opt, sched, cfg, device, precision, epoch, progress)
+            history.append(record)
+            finished = bool(record.pop("stop", False)) or epoch + 1 == cfg.epochs
+            if record.get("note"):
+                log(f"{job_dir.name}: {record['note']}")
+            rng = {"cpu": torch.get_rng_state()}
+            if device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(device)
+            ranks = distributed.rng_states()
+            if ranks is not None:
+                rng["ranks"] = ranks
+            if distributed.is_main():
+                save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                       "scheduler": sched.state_dict(), "method": method.state_dict(), "rng": rng,
+                                       "epoch": epoch + 1, "history": history, "finished": finished})
+                write_csv(Path(job_dir) / "epochs.csv", pd.DataFrame(history))
+            if finished:
+                break
     return history
 
 

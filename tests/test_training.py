@@ -50,7 +50,7 @@ def test_kill_and_resume(tmp_path):
     """SIGKILL during the second job; rerunning skips the first job and resumes the second from its last
     finished epoch, so every epoch appears exactly once."""
     args = [sys.executable, str(ROOT / "run_all.py"), "--methods", "pgd_at", "--train-lambdas", "0,1",
-            "--epochs", "12", "--out", str(tmp_path), "--no-progress", "--aa", "off"]
+            "--epochs", "12", "--out", str(tmp_path), "--no-progress", "--aa", "off", "--no-report"]
     first = tmp_path / "smoke" / "pgd_at-digits-small_cnn-s0-tl0"
     second = tmp_path / "smoke" / "pgd_at-digits-small_cnn-s0-tl1"
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -168,3 +168,23 @@ def test_fast_at_guard_restores_previous_weights(digits):
     method.begin_epoch(model, 1)
     out = method.end_epoch(model, 1, (x, y))
     assert "stop" not in out and method.prev_acc == out["guard_pgd5_acc"]
+
+
+def test_compile_is_training_only_and_cuda_only():
+    """``--compile`` wraps the forward only while training on CUDA: on the CPU the model is untouched, the
+    class's forward comes back afterwards, and an unknown mode is a one-line error."""
+    from harness.errors import LambenchError
+    from harness.train import compiled
+    model = torch.nn.Linear(3, 2)
+    with compiled(model, "reduce-overhead", torch.device("cpu")) as m:
+        assert m is model and "forward" not in vars(model)
+    with pytest.raises(LambenchError, match="unknown compile mode 'fast'"):
+        with compiled(model, "fast", torch.device("cpu")):
+            pass
+
+
+def test_compile_flag_reaches_the_training_config(tmp_path):
+    import run_all
+    args = run_all.parser().parse_args(["--methods", "pgd_at", "--compile", "reduce-overhead"])
+    cfg, overrides = run_all.config_from_args(args)
+    assert expand_jobs(cfg, overrides)[0].train.compile == "reduce-overhead"

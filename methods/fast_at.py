@@ -45,7 +45,7 @@ class FastAT(Method):
             model.load_state_dict(self.snapshot)
             out["stop"] = True
             out["note"] = (f"catastrophic overfitting: PGD-5 accuracy on the first batch fell from "
-                           f"{self.prev_acc:.3f} to {acc:.3f}; kept epoch {epoch}'s starting weights")
+                           f"{self.prev_acc:.3f} to {acc:.3f} in epoch {epoch + 1}; stopped with the weights of epoch {epoch}")
         else:
             self.prev_acc = acc
         return out

@@ -153,6 +153,7 @@ def flag_rows(rows) -> list[dict]:
 
 
 def warning_lines(rows) -> list[str]:
-    """One console line per flagged row."""
-    return [f"WARNING lambda={r['lambda']:g} {r['metric']} ({r['attack']}): {r.get('detail', '')}"
+    """One console line per flagged row (naming the variant, e.g. ``oats-w0.5``, where there is one)."""
+    return [f"WARNING {r['method'] + ' ' if 'method' in r else ''}lambda={r['lambda']:g} {r['metric']} "
+            f"({r['attack']}): {r.get('detail', '')}"
             for r in rows if str(r["metric"]).startswith("flag:") and r["value"] == 1.0]

@@ -60,7 +60,7 @@ def used_masks(forward, model: nn.Module, x1: torch.Tensor) -> dict[str, torch.T
     the condition selects (both of SMART's when rows are split) and its ``alpha`` only when it is noisy and
     ``cond.noise != 0``. A module that never runs uses nothing, so a ``DualBN`` counts just the branch(es)
     the condition routes rows to, and a forward that runs several paths (e.g. SMART's mixed logits) counts
-    each path once."""
+    each path once. A layer with ``used_entries(input)`` (slimmable layers) names the entries it uses itself."""
     names = {id(p): n for n, p in model.named_parameters()}
     used = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
 
@@ -70,6 +70,10 @@ def used_masks(forward, model: nn.Module, x1: torch.Tensor) -> dict[str, torch.T
             used[name] |= (p.detach() != 0) if entries is None else entries
 
     def hook(module, inputs):
+        if hasattr(module, "used_entries"):  # slimmable layers: the slice the current width uses
+            for p, entries in module.used_entries(inputs[0]).items():
+                mark(p, None if entries is None else entries & (p.detach() != 0))
+            return
         if isinstance(module, CondConv2d):
             w, x = module.weight.detach(), inputs[0]
             k = min(module.cond.n_clean, len(x))

@@ -23,6 +23,7 @@ class Condition:
     enc: torch.Tensor | None = None   # FiLM input: [B, d] per sample, or [1, d] for the whole batch
     noise: float = 0.0                # weight-noise scale (FLOAT: lambda on the adversarial branch, else 0)
     path: str = "adv"                 # SMART: the mask path of a batch routed all one way (follows n_clean)
+    width: float = 1.0                # OATS: the width of the slimmable network (slimmable.py)
 
     def set(self, clean: bool, enc=None, noise: float = 0.0, n_clean: int | None = None) -> "Condition":
         """Route every row clean (``clean``) or adversarial, or, with ``n_clean``, the first n_clean rows
@@ -116,12 +117,16 @@ class CondConv2d(nn.Conv2d):
 class ConditionedLayers(LayerFactory):
     """Layer factory for the once-for-all methods: dual BN, optional FiLM after every BN but the shortcut's
     and the pre-activation head's (as OAT), optional noisy and/or masked convolutions (masks on the last
-    ``mask_last_stages`` stages; None: all; ``noisy_masked=False`` keeps noise off the masked ones)."""
+    ``mask_last_stages`` stages; None: all; ``noisy_masked=False`` keeps noise off the masked ones), or
+    slimmable layers at ``widths`` (OATS; not with noise or masks)."""
 
     def __init__(self, dual_bn: bool = True, film_dim: int | None = None, noisy: bool = False,
                  mask_paths: tuple[str, ...] = (), mask_last_stages: int | None = None, mask_noise: bool = True,
-                 noisy_masked: bool = True, dense_grad: bool = False):
+                 noisy_masked: bool = True, dense_grad: bool = False, widths: tuple[float, ...] = ()):
         super().__init__()
+        if widths and (noisy or mask_paths or not dual_bn):
+            raise ValueError("slimmable layers take dual BN and FiLM only, not noise or masks")
+        self.widths = widths
         self.cond = Condition()
         self.dual_bn, self.film_dim, self.noisy, self.noisy_masked = dual_bn, film_dim, noisy, noisy_masked
         self.mask_paths, self.mask_last_stages, self.mask_noise = mask_paths, mask_last_stages, mask_noise
@@ -131,6 +136,10 @@ class ConditionedLayers(LayerFactory):
         return self.mask_last_stages is None or self.stage >= self.num_stages - self.mask_last_stages
 
     def conv(self, cin, cout, kernel, stride=1, padding=None, bias=False):
+        if self.widths:
+            from .slimmable import SlimConv2d
+            pad = kernel // 2 if padding is None else padding
+            return SlimConv2d(cin, cout, kernel, stride=stride, padding=pad, bias=bias, cond=self.cond)
         paths = self.mask_paths if self.mask_paths and self._masked_stage() else ()
         noisy = self.noisy and (self.noisy_masked or not paths)
         if not (noisy or paths):
@@ -140,7 +149,18 @@ class ConditionedLayers(LayerFactory):
                           noisy=noisy, paths=paths, mask_noise=self.mask_noise, dense_grad=self.dense_grad)
 
     def norm(self, channels, shortcut=False, head=False):
-        bn = DualBN(channels, self.cond) if self.dual_bn else super().norm(channels, shortcut, head)
+        if self.widths:
+            from .slimmable import SlimFiLM as Film, SwitchableDualBN
+            bn = SwitchableDualBN(channels, self.widths, self.cond)
+        else:
+            Film = FiLM
+            bn = DualBN(channels, self.cond) if self.dual_bn else super().norm(channels, shortcut, head)
         if self.film_dim and not (shortcut or head):
-            return nn.Sequential(bn, FiLM(channels, self.film_dim, self.cond))
+            return nn.Sequential(bn, Film(channels, self.film_dim, self.cond))
         return bn
+
+    def linear(self, fin, fout):
+        if self.widths:
+            from .slimmable import SlimLinear
+            return SlimLinear(fin, fout)
+        return super().linear(fin, fout)

@@ -74,62 +74,77 @@ def check_attacks(cfg: EvalConfig, random: bool) -> list[tuple[AttackSpec, str]]
 def evaluate(method, model, data: Dataset, cfg: EvalConfig, eps: float, seed: int = 0,
              progress: bool = True) -> list[dict]:
     """Rows ``{lambda, metric, value, attack, n[, eps, precision, detail]}`` for every lambda of
-    ``method.lambda_grid()``, then per-job rows (lambda NaN): ``params``, ``stored_params``."""
+    ``method.lambda_grid()``, then per-job rows (lambda NaN): ``params``, ``stored_params``; for a method
+    with several variants (OATS's widths) all of them per variant, with ``method`` = ``<name>-<variant>``."""
     if cfg.aa not in AA_MODES:
         raise LambenchError(f"unknown AutoAttack mode {cfg.aa!r}; use one of {', '.join(AA_MODES)}")
     x, y = (data.x_test, data.y_test) if cfg.n is None else (data.x_test[:cfg.n], data.y_test[:cfg.n])
     loader = _loader(x, y, cfg.batch_size)
+    n_chk = min(cfg.checks_n, len(x)) if cfg.checks else 0
+    sub = _loader(x[:n_chk], y[:n_chk], cfg.batch_size)
+    grid, variants = method.lambda_grid(), method.variants()
+    steps = len(loader) * len(cfg.attacks) + (cfg.aa != "off" and cfg.aa_n > 0)
+    total = len(variants) * sum(
+        steps + len(loader) * (cfg.noise_draws if method.is_random(lam) else 1)
+        + len(sub) * (len(check_attacks(cfg, method.is_random(lam))) + 1) * (n_chk > 0) for lam in grid)
+    rows = []
+    with tqdm(total=total, desc=f"eval {method.name}", leave=False, disable=not (progress and distributed.is_main()),
+              dynamic_ncols=True) as bar:
+        for name in variants:
+            with method.variant(name):
+                part = _score(method, model, x, y, loader, sub, cfg, eps, seed, bar)
+            rows += [r | {"method": f"{method.name}-{name}"} for r in part] if name else part
+    return rows
+
+
+def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: int, bar) -> list[dict]:
+    """``evaluate``'s rows for the model as ``method`` configures it now (one variant)."""
     attacks = [parse_attack(a) for a in cfg.attacks]
     grid = method.lambda_grid()
     n_aa = min(cfg.aa_n, len(x)) if cfg.aa != "off" else 0
-    n_chk = min(cfg.checks_n, len(x)) if cfg.checks else 0
-    sub = _loader(x[:n_chk], y[:n_chk], cfg.batch_size)
+    n_chk = sub.total
     x_img = x[: max(1, min(len(x), 256))].float() / 255
     draws_at = {lam: cfg.noise_draws if method.is_random(lam) else 1 for lam in grid}
-    total = sum(len(loader) * (draws_at[lam] + len(attacks)) + (n_aa > 0)
-                + len(sub) * (len(check_attacks(cfg, method.is_random(lam))) + 1) * (n_chk > 0) for lam in grid)
     rows, stored = [], None
     measure = cfg.complexity and distributed.is_main()  # timings on one process; rank 0 writes the rows
-    with tqdm(total=total, desc=f"eval {method.name}", leave=False, disable=not (progress and distributed.is_main()),
-              dynamic_ncols=True) as bar:
-        for lam in grid:
-            def row(metric, value, attack="", n=len(x), lam=lam, **extra):
-                rows.append({"lambda": lam, "metric": metric, "value": value, "attack": attack, "n": n, **extra})
+    for lam in grid:
+        def row(metric, value, attack="", n=len(x), lam=lam, **extra):
+            rows.append({"lambda": lam, "metric": metric, "value": value, "attack": attack, "n": n, **extra})
 
-            with method.configure(model, lam) as forward:
-                clean = []
-                for draw in range(draws_at[lam]):
-                    torch.manual_seed(seed * 1000 + draw)  # fixed noise per evaluation
-                    clean.append(_mean(_correct(forward, loader, bar=bar)))
-                row("clean_acc", statistics.fmean(clean))
-                if len(clean) > 1:
-                    row("clean_acc_std", statistics.stdev(clean))
-                base = None
-                for attack in attacks:
-                    torch.manual_seed(seed)
-                    correct = _correct(forward, loader, attack, eps, cfg.step, bar)
-                    row("pgd_acc", _mean(correct), attack.name)
-                    if attack.name == checks.BASE:
-                        base = correct[:n_chk]
-                version = aa_version(cfg, method, lam)
-                if version and n_aa:
-                    torch.manual_seed(seed)
-                    acc, res = _autoattack(forward, model, x[:n_aa], y[:n_aa], eps, version, cfg.batch_size, seed)
-                    row("aa_acc", acc, res.attack, n_aa)
-                    row("flag:autoattack", float(bool(res.warnings)), res.attack, NAN,
-                        detail=f"the {res.package} package warned: " + " | ".join(res.warnings) if res.warnings else "")
-                    bar.update(1)
-                if n_chk:
-                    rows.extend(_check_rows(lam, forward, sub, base, cfg, eps, seed, method.is_random(lam), bar))
-                if measure:
-                    used = complexity.used_masks(forward, model, x_img[:1])
-                    stored = complexity.union(stored, used)
-                    row("nonzero_params", complexity.count(used), n=NAN)
-                    row("macs", complexity.macs(forward, model, x_img[:1]), n=1)
-                    cost = complexity.inference_cost(forward, x_img)
-                    row("infer_latency_ms", cost["infer_latency_ms"], n=1, precision="fp32")
-                    row("infer_throughput", cost["infer_throughput"], n=256, precision="fp32")
-                    row("infer_peak_mem_mb", cost["infer_peak_mem_mb"], n=256, precision="fp32")
+        with method.configure(model, lam) as forward:
+            clean = []
+            for draw in range(draws_at[lam]):
+                torch.manual_seed(seed * 1000 + draw)  # fixed noise per evaluation
+                clean.append(_mean(_correct(forward, loader, bar=bar)))
+            row("clean_acc", statistics.fmean(clean))
+            if len(clean) > 1:
+                row("clean_acc_std", statistics.stdev(clean))
+            base = None
+            for attack in attacks:
+                torch.manual_seed(seed)
+                correct = _correct(forward, loader, attack, eps, cfg.step, bar)
+                row("pgd_acc", _mean(correct), attack.name)
+                if attack.name == checks.BASE:
+                    base = correct[:n_chk]
+            version = aa_version(cfg, method, lam)
+            if version and n_aa:
+                torch.manual_seed(seed)
+                acc, res = _autoattack(forward, model, x[:n_aa], y[:n_aa], eps, version, cfg.batch_size, seed)
+                row("aa_acc", acc, res.attack, n_aa)
+                row("flag:autoattack", float(bool(res.warnings)), res.attack, NAN,
+                    detail=f"the {res.package} package warned: " + " | ".join(res.warnings) if res.warnings else "")
+                bar.update(1)
+            if n_chk:
+                rows.extend(_check_rows(lam, forward, sub, base, cfg, eps, seed, method.is_random(lam), bar))
+            if measure:
+                used = complexity.used_masks(forward, model, x_img[:1])
+                stored = complexity.union(stored, used)
+                row("nonzero_params", complexity.count(used), n=NAN)
+                row("macs", complexity.macs(forward, model, x_img[:1]), n=1)
+                cost = complexity.inference_cost(forward, x_img)
+                row("infer_latency_ms", cost["infer_latency_ms"], n=1, precision="fp32")
+                row("infer_throughput", cost["infer_throughput"], n=256, precision="fp32")
+                row("infer_peak_mem_mb", cost["infer_peak_mem_mb"], n=256, precision="fp32")
     if measure:
         rows += [{"lambda": NAN, "metric": "params", "value": complexity.params(model), "attack": "", "n": NAN},
                  {"lambda": NAN, "metric": "stored_params", "value": complexity.count(stored), "attack": "", "n": NAN}]

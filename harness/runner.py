@@ -207,11 +207,13 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     # training cost as rows with no lambda (they do not vary with it)
     seconds = sum(h["seconds"] for h in history)
     images = sum(h["seconds"] * h["images_per_s"] for h in history)
-    rows += [{"lambda": float("nan"), "metric": m, "value": v, "attack": "", "n": trained} for m, v in (
+    cost = [{"lambda": float("nan"), "metric": m, "value": v, "attack": "", "n": trained} for m, v in (
         ("train_time_s", seconds), ("train_epoch_time_s", seconds / len(history) if history else float("nan")),
         ("train_images_per_s", images / seconds if seconds else float("nan")),
         ("train_peak_mem_mb", max(h["peak_mem_mb"] for h in history)), ("epochs_trained", len(history)),
         ("eval_time_s", eval_s))]
+    # a model scored as several (OATS's widths) cost all of it once: each of them carries the whole cost
+    rows += [r | ({"method": f"{job.method}-{v}"} if v else {}) for v in method.variants() for r in cost]
     meta = {"run": run_dir.name, "job": job.name, "method": job.method, "dataset": job.dataset, "arch": job.arch,
             "seed": job.seed, "train_lambda": job.train_lambda, "eps": eps, "device": device_name(device),
             "torch": torch.__version__, "precision": precision_of(job.train, device)}
@@ -227,7 +229,18 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
 
 
 def _log_rows(rows, log) -> None:
-    """Accuracies per lambda, then one line of complexity per lambda and one for the job."""
+    """Accuracies per lambda, then one line of complexity per lambda and one for the job; under a heading
+    per variant where the model is scored as several (OATS's widths)."""
+    groups: dict[str | None, list] = {}
+    for r in rows:
+        groups.setdefault(r.get("method"), []).append(r)
+    for name, part in groups.items():
+        if len(groups) > 1 and name is not None:
+            log(f" {name}:")
+        _log_group(part, log)
+
+
+def _log_group(rows, log) -> None:
     by = {(r["metric"], r["lambda"]): r["value"] for r in rows}
     for r in rows:
         if r["metric"] in ("clean_acc", "pgd_acc", "aa_acc"):

@@ -133,6 +133,16 @@ class Method:
     def lambda_grid(self) -> list[float]:
         return [1.0 if self.train_lambda is None else self.train_lambda]
 
+    def variants(self) -> list[str]:
+        """Sub-models of the one trained model that are scored as models of their own (OATS: its widths),
+        each over the whole lambda grid; their rows are named ``<method>-<variant>``. Default: just one."""
+        return [""]
+
+    @contextmanager
+    def variant(self, name: str):
+        """Select sub-model ``name`` (one of ``variants()``) for the ``configure`` calls inside."""
+        yield
+
     def is_random(self, lam: float) -> bool:
         """Whether the forward pass at ``lam`` draws random noise (then clean accuracy is averaged)."""
         return False

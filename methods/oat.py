@@ -76,8 +76,11 @@ class OAT(Method):
         return self.table.to(lams.device)[hit.float().argmax(1)]
 
     def train_step(self, model, x, y):
+        return self.oat_loss(model, x, y, sample_lambdas(len(x), x.device))
+
+    def oat_loss(self, model, x, y, lam):
+        """``(loss, logits, y)`` of one batch at the per-sample lambdas ``lam`` (zeros first)."""
         cond = self.factory.cond
-        lam = sample_lambdas(len(x), x.device)
         n0 = int((lam == 0).sum())
         enc = self.encode(lam)
         loss = torch.zeros((), device=x.device)

@@ -42,13 +42,28 @@ def _index(method: str, methods) -> int:
 
 
 def look(method: str, methods) -> dict:
-    """Colour, marker and line style of ``method`` among ``methods`` (the run's methods)."""
+    """Colour, marker and line style of ``method`` among ``methods`` (the run's methods). The variants of
+    a known method (OATS's widths: ``oats-w0.5``, ...) share its hue, darker to lighter, each with its own
+    marker and line style."""
+    base, _, variant = method.rpartition("-")
+    if base in KNOWN_ORDER and variant:
+        siblings = sorted(m for m in set(methods) if m.rpartition("-")[0] == base)
+        i, r, n = KNOWN_ORDER.index(base), siblings.index(method), len(siblings)
+        t = 0.0 if n == 1 else -0.45 + 0.9 * r / (n - 1)  # < 0: towards black, > 0: towards white
+        rgb = tuple(c * (1 + t) if t < 0 else c + (1 - c) * t for c in PALETTE[i % len(PALETTE)])
+        return {"color": rgb, "marker": MARKERS[(i + r) % len(MARKERS)],
+                "linestyle": LINESTYLES[(i + r) % len(LINESTYLES)]}
     i = _index(method, methods)
     return {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)],
             "linestyle": LINESTYLES[i % len(LINESTYLES)]}
 
 
 def display(method: str) -> str:
+    """The display name; a variant's (``oats-w0.5``, one width of OATS) is its method's with the variant:
+    "OATS w0.5"."""
+    base, _, variant = method.rpartition("-")
+    if base in DISPLAY and variant:
+        return f"{DISPLAY[base]} {variant}"
     return DISPLAY.get(method, method)
 
 

@@ -188,3 +188,28 @@ def test_compile_flag_reaches_the_training_config(tmp_path):
     args = run_all.parser().parse_args(["--methods", "pgd_at", "--compile", "reduce-overhead"])
     cfg, overrides = run_all.config_from_args(args)
     assert expand_jobs(cfg, overrides)[0].train.compile == "reduce-overhead"
+
+
+@pytest.mark.parametrize("name", ["pgd_at", "fast_at", "oat", "float", "floats", "smart"])
+def test_compiled_training_step_settles_on_few_graphs(name):
+    """What ``--compile`` costs in compilations: dynamo (eager backend, so no compiler is needed here)
+    captures each method's training step in at most three graphs (train and eval mode; the conditioned
+    methods also one per row split of the dual BN), and none more after the first step."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+    from harness.config import TrainConfig
+    from harness.data import DatasetInfo
+    info = DatasetInfo("c", 10, 3, 16, (0.5,) * 3, (0.25,) * 3, 8 / 255, 2, True)
+    dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    method = get_method(name)(TrainConfig(train_attack="pgd2"), 8 / 255)
+    model = method.build_model("small_cnn", info).train()
+    model.forward = torch.compile(model.forward, backend="eager")
+    graphs = []
+    for _ in range(3):
+        loss, _, _ = method.train_step(model, torch.rand(12, 3, 16, 16), torch.randint(0, 10, (12,)))
+        loss.backward()
+        graphs.append(counters["stats"]["unique_graphs"])
+    dynamo.reset()
+    assert graphs[0] <= 3 and graphs[-1] == graphs[0], graphs

@@ -21,8 +21,9 @@ MACs (``macs``): ``torch.utils.flop_counter.FlopCounterMode`` on one input image
 default formulas count convolutions and matrix products (2 FLOPs per multiply-accumulate; biases, BN, ReLU,
 pooling and the input normalisation are not counted). Added through its ``custom_mapping``: the elementwise
 multiplies, adds and subtractions executed inside every ``FiLM`` and inside every ``CondConv2d`` that draws
-weight noise at this lambda, one FLOP per output element: FiLM's ``h * scale + shift`` (one MAC per
-activation; FiLM's MLP is counted by the default formulas) and building the noisy weight
+weight noise at this lambda, one FLOP per output element: FiLM's ``h * scale + shift`` (one fused
+``addcmul``: one MAC per activation; FiLM's MLP, which the model's ``FiLMBank`` computes for every FiLM at
+once, is counted by the default formulas) and building the noisy weight
 ``W + alpha * lambda * eta``, ``eta = randn * std(W)`` (with the mask products ``W * M``, ``eta * M`` of a
 masked noisy convolution). Not counted: drawing the random numbers, ``std``, the LeakyReLU, and the mask
 product of a convolution without noise (a deployment stores ``W * M``). Noise and the FiLM MLP are per
@@ -46,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .conditioned import CondConv2d, FiLM
 
 _ELEMENTWISE = (torch.ops.aten.mul, torch.ops.aten.add, torch.ops.aten.sub)
+_FUSED = (torch.ops.aten.addcmul,)  # a multiply and an add per element
 
 
 def params(model: nn.Module) -> int:
@@ -73,6 +75,10 @@ def used_masks(forward, model: nn.Module, x1: torch.Tensor) -> dict[str, torch.T
         if hasattr(module, "used_entries"):  # slimmable layers: the slice the current width uses
             for p, entries in module.used_entries(inputs[0]).items():
                 mark(p, None if entries is None else entries & (p.detach() != 0))
+            return
+        if isinstance(module, FiLM):  # its MLP runs in the model's FiLMBank, not as its own modules
+            for p in module.parameters():
+                mark(p)
             return
         if isinstance(module, CondConv2d):
             w, x = module.weight.detach(), inputs[0]
@@ -123,12 +129,16 @@ def macs(forward, model: nn.Module, x1: torch.Tensor) -> float:
     def elementwise(*args, out_shape=None, **kwargs):
         return math.prod(out_shape) if depth[0] > 0 and out_shape is not None else 0
 
+    def fused(*args, out_shape=None, **kwargs):
+        return 2 * elementwise(out_shape=out_shape)
+
     hooks = []
     for m in model.modules():
         if isinstance(m, (FiLM, CondConv2d)):
             hooks += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
     try:
-        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={op: elementwise for op in _ELEMENTWISE}) as fc:
+        mapping = {op: elementwise for op in _ELEMENTWISE} | {op: fused for op in _FUSED}
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as fc:
             forward(x1)
     finally:
         for h in hooks:

@@ -24,6 +24,7 @@ class Condition:
     noise: float = 0.0                # weight-noise scale (FLOAT: lambda on the adversarial branch, else 0)
     path: str = "adv"                 # SMART: the mask path of a batch routed all one way (follows n_clean)
     width: float = 1.0                # OATS: the width of the slimmable network (slimmable.py)
+    film: list | None = None          # FiLMBank's (scale, shift) per FiLM for the current forward pass
 
     def set(self, clean: bool, enc=None, noise: float = 0.0, n_clean: int | None = None) -> "Condition":
         """Route every row clean (``clean``) or adversarial, or, with ``n_clean``, the first n_clean rows
@@ -53,16 +54,56 @@ class DualBN(nn.Module):
 
 class FiLM(nn.Module):
     """h <- scale * h + shift, with (scale, shift) = leaky_relu(MLP(enc)) per sample and channel;
-    MLP: d_in -> 2C -> 2C with LeakyReLU between (OAT)."""
+    MLP: d_in -> 2C -> 2C with LeakyReLU between (OAT). In a model whose factory ``attach``-ed a
+    ``FiLMBank``, the bank computes every FiLM's (scale, shift) once per forward pass; alone, the layer
+    computes its own (the same numbers)."""
 
     def __init__(self, channels: int, d_in: int, cond: Condition):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(d_in, 2 * channels), nn.LeakyReLU(), nn.Linear(2 * channels, 2 * channels))
         self.cond = cond
+        self.slot: int | None = None  # this layer's index in the bank's output (None: no bank)
 
     def forward(self, h):
-        scale, shift = F.leaky_relu(self.mlp(self.cond.enc.to(h.dtype))).chunk(2, dim=1)
-        return h * scale[:, :, None, None] + shift[:, :, None, None]
+        if self.slot is not None and self.cond.film is not None:
+            scale, shift = self.cond.film[self.slot]
+        else:
+            scale, shift = F.leaky_relu(self.mlp(self.cond.enc.to(h.dtype))).chunk(2, dim=1)
+        return torch.addcmul(shift[:, :, None, None], h, scale[:, :, None, None])
+
+
+class FiLMBank:
+    """Every FiLM of one model computed together, once per forward pass, from the shared encoding: one
+    matrix product for all first layers, one batched product per group of equally wide second layers.
+    A network with 33 FiLM sites (ResNet-34) then launches a few dozen small kernels per forward pass, not
+    hundreds, which is what bounds OAT's speed at small batches on a GPU. Same parameters, same state dict,
+    the same numbers as each FiLM alone (up to the order of float additions)."""
+
+    def __init__(self, films: list[FiLM], cond: Condition):
+        self.films, self.cond = films, cond
+        for i, f in enumerate(films):
+            f.slot = i
+        widths = [f.mlp[2].out_features for f in films]
+        self.groups = {w: [i for i, v in enumerate(widths) if v == w] for w in dict.fromkeys(widths)}
+        self.widths = widths
+
+    def __call__(self, module, inputs) -> None:
+        """Forward pre-hook of the model: ``cond.film`` = [(scale, shift)] per FiLM, for this pass."""
+        films, enc = self.films, self.cond.enc
+        if enc is None:
+            self.cond.film = None
+            return
+        first = [f.mlp[0] for f in films]
+        hidden = F.leaky_relu(F.linear(enc, torch.cat([m.weight for m in first]), torch.cat([m.bias for m in first])))
+        parts = hidden.split(self.widths, dim=1)
+        out: list = [None] * len(films)
+        for idx in self.groups.values():
+            second = [films[i].mlp[2] for i in idx]
+            y = torch.baddbmm(torch.stack([m.bias for m in second])[:, None, :], torch.stack([parts[i] for i in idx]),
+                              torch.stack([m.weight for m in second]).transpose(1, 2))
+            for i, yi in zip(idx, F.leaky_relu(y)):
+                out[i] = yi.chunk(2, dim=1)
+        self.cond.film = out
 
 
 class CondConv2d(nn.Conv2d):
@@ -158,6 +199,13 @@ class ConditionedLayers(LayerFactory):
         if self.film_dim and not (shortcut or head):
             return nn.Sequential(bn, Film(channels, self.film_dim, self.cond))
         return bn
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        """Called once the model is built: its FiLM layers get a ``FiLMBank`` (a forward pre-hook)."""
+        films = [m for m in model.modules() if type(m) is FiLM]
+        if films:
+            model.register_forward_pre_hook(FiLMBank(films, self.cond))
+        return model
 
     def linear(self, fin, fout):
         if self.widths:

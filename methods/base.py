@@ -100,7 +100,9 @@ class Method:
         return LayerFactory()
 
     def build_model(self, arch: str, info) -> nn.Module:
-        return build_model(arch, info, self.layers())
+        layers = self.layers()
+        model = build_model(arch, info, layers)
+        return layers.attach(model) if hasattr(layers, "attach") else model
 
     # --- training ----------------------------------------------------------------------------------------
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):

@@ -167,3 +167,32 @@ def test_train_step_backpropagates(name, digits):
     loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "bn_" not in n)
     assert model.training
+
+
+def test_film_bank_gives_each_film_its_own_numbers_and_gradients():
+    """The model's FiLMBank (all FiLM MLPs at once, grouped by width) equals every FiLM computing its own:
+    same logits, same gradients on every parameter, per-sample lambdas included."""
+    torch.manual_seed(0)
+    oat = get_method("oat")(TrainConfig(), 8 / 255)
+    model = oat.build_model("resnet34", CIFAR).train()
+    films = [m for m in model.modules() if isinstance(m, FiLM)]
+    assert len(films) == 33 and all(f.slot is not None for f in films)
+    x = torch.rand(6, 3, 32, 32)
+    lam = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 1.0])
+
+    def run():
+        model.zero_grad()
+        oat.factory.cond.set(clean=False, enc=oat.encode(lam), n_clean=1)
+        out = model(x)
+        out.square().sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    banked, banked_grads = run()
+    for f in films:
+        f.slot = None  # each FiLM on its own
+    alone, alone_grads = run()
+    assert torch.allclose(banked, alone, atol=1e-5, rtol=1e-4)
+    assert banked_grads.keys() == alone_grads.keys()
+    assert any("mlp" in n for n in banked_grads)
+    for n in banked_grads:
+        assert torch.allclose(banked_grads[n], alone_grads[n], atol=1e-4, rtol=1e-3), n

@@ -64,11 +64,14 @@ class FiLM(nn.Module):
         self.cond = cond
         self.slot: int | None = None  # this layer's index in the bank's output (None: no bank)
 
-    def forward(self, h):
+    def scale_shift(self, h) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample (scale, shift) for ``h``'s channels: the bank's for this pass, else this layer's own."""
         if self.slot is not None and self.cond.film is not None:
-            scale, shift = self.cond.film[self.slot]
-        else:
-            scale, shift = F.leaky_relu(self.mlp(self.cond.enc.to(h.dtype))).chunk(2, dim=1)
+            return self.cond.film[self.slot]
+        return F.leaky_relu(self.mlp(self.cond.enc.to(h.dtype))).chunk(2, dim=1)
+
+    def forward(self, h):
+        scale, shift = self.scale_shift(h)
         return torch.addcmul(shift[:, :, None, None], h, scale[:, :, None, None])
 
 

@@ -81,15 +81,11 @@ class SlimFiLM(FiLM):
         device = self.mlp[0].weight.device
         return torch.cat([torch.arange(k, device=device), torch.arange(c, c + k, device=device)])
 
-    def forward(self, h):
+    def scale_shift(self, h):
         first, last = self.mlp[0], self.mlp[2]
-        c, k = last.out_features // 2, h.shape[1]
-        rows = self._rows(c, k)
-        enc = self.cond.enc.to(h.dtype)
-        hidden = F.leaky_relu(F.linear(enc, first.weight[rows], first.bias[rows]))
-        out = F.linear(hidden, last.weight[rows][:, rows], last.bias[rows])
-        scale, shift = F.leaky_relu(out).chunk(2, dim=1)
-        return h * scale[:, :, None, None] + shift[:, :, None, None]
+        rows = self._rows(last.out_features // 2, h.shape[1])
+        hidden = F.leaky_relu(F.linear(self.cond.enc.to(h.dtype), first.weight[rows], first.bias[rows]))
+        return F.leaky_relu(F.linear(hidden, last.weight[rows][:, rows], last.bias[rows])).chunk(2, dim=1)
 
     def used_entries(self, h) -> dict:
         first, last = self.mlp[0], self.mlp[2]

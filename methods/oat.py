@@ -53,6 +53,7 @@ class OAT(Method):
     defaults = {"train_attack": "pgd7"}
     options = {"encoding": ("rand", "onehot", "dct", "scalar")}
     train_lambdas = None
+    widths: tuple[float, ...] = ()  # slimmable widths (OATS); none: one plain network
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -62,7 +63,7 @@ class OAT(Method):
 
     def layers(self):
         d = 1 if self.table is None else self.table.shape[1]
-        self.factory = ConditionedLayers(film_dim=d)
+        self.factory = ConditionedLayers(film_dim=d, widths=self.widths)
         return self.factory
 
     def encode(self, lams: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,6 @@ so each width is one line in the report, with its own MACs and parameters.
 """
 from contextlib import contextmanager
 
-from harness.conditioned import ConditionedLayers
 from harness.errors import LambenchError
 
 from .base import register
@@ -33,11 +32,6 @@ class OATS(OAT):
             raise LambenchError(f"oats: --opt widths={self.opts['widths']} must list widths in (0, 1], e.g. {WIDTHS}")
         self.widths = tuple(widths)
         self.width = self.widths[0]
-
-    def layers(self):
-        d = 1 if self.table is None else self.table.shape[1]
-        self.factory = ConditionedLayers(film_dim=d, widths=self.widths)
-        return self.factory
 
     def train_step(self, model, x, y):
         lam = sample_lambdas(len(x), x.device)

@@ -11,38 +11,17 @@ Layout of ``<out>/<run>/``:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from .atomic import write_atomic, write_text
 from .errors import CheckpointError
 
 #: columns every results.csv has, in this order (later issues add metrics as rows, not columns)
 COLUMNS = ["run", "job", "method", "dataset", "arch", "seed", "train_lambda", "lambda", "metric", "value",
            "attack", "eps", "n", "device", "torch", "precision"]
-
-
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text.encode()))
 
 
 def write_json(path: Path, obj) -> None:
@@ -58,7 +37,7 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    _atomic(path, lambda f: torch.save(state, f))
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

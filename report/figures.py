@@ -15,8 +15,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from harness.atomic import write_atomic
+
 from . import style
-from .files import write_atomic
 from .tables import has, pareto
 
 ROBUST_NAMES = {"pgd": "PGD", "aa": "AutoAttack"}

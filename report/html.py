@@ -11,8 +11,9 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from harness.atomic import write_text
+
 from .document import Report
-from .files import write_text
 
 
 def environment() -> Environment:

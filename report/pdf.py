@@ -11,10 +11,11 @@ from pathlib import Path
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure as MplFigure
 
+from harness.atomic import write_atomic
+
 from . import style
 from .document import Report, Section, Table
 from .figures import new_figure
-from .files import write_atomic
 
 PAGE = (11.69, 8.27)  # A4 landscape, inches
 MARGIN = 0.45         # inches

@@ -1,6 +1,6 @@
-"""Atomic writes of the report's files: written to a temporary file beside the target, then renamed over it,
-so a reader never sees a half-written report (the same scheme as ``harness.store``, which imports torch; the
-report does not need it)."""
+"""Atomic writes: every file lambench writes (results, checkpoints, reports) goes to a temporary file beside
+its target, is synced, then renamed over it, so a reader never sees a half-written file and a crash never
+loses the previous version. No torch here, so the report can use it without importing torch."""
 from __future__ import annotations
 
 import os

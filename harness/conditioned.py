@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .banks import attach_banks
 from .layers import LayerFactory
 
 ALL = 1 << 62  # "every row" for Condition.n_clean
@@ -49,7 +50,8 @@ class DualBN(nn.Module):
             return self.bn_adv(x)
         if k == len(x):
             return self.bn_clean(x)
-        return torch.cat([self.bn_clean(x[:k]), self.bn_adv(x[k:])])
+        clean, adv = x.split([k, len(x) - k])  # one backward node (a cat), not a zero-filled copy per slice
+        return torch.cat([self.bn_clean(clean), self.bn_adv(adv)])
 
 
 class FiLM(nn.Module):
@@ -75,38 +77,16 @@ class FiLM(nn.Module):
         return torch.addcmul(shift[:, :, None, None], h, scale[:, :, None, None])
 
 
-class FiLMBank:
-    """Every FiLM of one model computed together, once per forward pass, from the shared encoding: one
-    matrix product for all first layers, one batched product per group of equally wide second layers.
-    A network with 33 FiLM sites (ResNet-34) then launches a few dozen small kernels per forward pass, not
-    hundreds, which is what bounds OAT's speed at small batches on a GPU. Same parameters, same state dict,
-    the same numbers as each FiLM alone (up to the order of float additions)."""
+class _StraightThroughMask(torch.autograd.Function):
+    """W * M forward; backward passes the gradient to every entry of W (one kernel, none in backward)."""
 
-    def __init__(self, films: list[FiLM], cond: Condition):
-        self.films, self.cond = films, cond
-        for i, f in enumerate(films):
-            f.slot = i
-        widths = [f.mlp[2].out_features for f in films]
-        self.groups = {w: [i for i, v in enumerate(widths) if v == w] for w in dict.fromkeys(widths)}
-        self.widths = widths
+    @staticmethod
+    def forward(ctx, w, mask):
+        return w * mask
 
-    def __call__(self, module, inputs) -> None:
-        """Forward pre-hook of the model: ``cond.film`` = [(scale, shift)] per FiLM, for this pass."""
-        films, enc = self.films, self.cond.enc
-        if enc is None:
-            self.cond.film = None
-            return
-        first = [f.mlp[0] for f in films]
-        hidden = F.leaky_relu(F.linear(enc, torch.cat([m.weight for m in first]), torch.cat([m.bias for m in first])))
-        parts = hidden.split(self.widths, dim=1)
-        out: list = [None] * len(films)
-        for idx in self.groups.values():
-            second = [films[i].mlp[2] for i in idx]
-            y = torch.baddbmm(torch.stack([m.bias for m in second])[:, None, :], torch.stack([parts[i] for i in idx]),
-                              torch.stack([m.weight for m in second]).transpose(1, 2))
-            for i, yi in zip(idx, F.leaky_relu(y)):
-                out[i] = yi.chunk(2, dim=1)
-        self.cond.film = out
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
 
 
 class CondConv2d(nn.Conv2d):
@@ -127,6 +107,7 @@ class CondConv2d(nn.Conv2d):
         self.mask_noise, self.dense_grad = mask_noise, dense_grad
         if noisy:
             self.alpha = nn.Parameter(torch.tensor(0.25))
+        self.bank, self.slot = None, None  # the model's NoiseBank, when attached, and this conv's index in it
         for p in paths:
             self.register_buffer(f"mask_{p}" if p else "mask", torch.ones_like(self.weight))
 
@@ -139,22 +120,37 @@ class CondConv2d(nn.Conv2d):
             return None
         return self.mask if self.paths == ("",) else getattr(self, f"mask_{path or self.cond.path}")
 
-    def effective_weight(self, path: str | None = None) -> torch.Tensor:
+    def masked_weight(self, path: str | None = None) -> torch.Tensor:
+        """W * M for the path's mask (W itself when unmasked)."""
         w, mask = self.weight, self.current_mask(path)
-        if mask is not None:
-            w = w + (w * mask - w).detach() if self.dense_grad else w * mask
+        if mask is None:
+            return w
+        return _StraightThroughMask.apply(w, mask) if self.dense_grad else w * mask
+
+    def noise_mask(self, path: str | None = None) -> torch.Tensor | None:
+        """The mask the noise is multiplied by (None: dense noise)."""
+        return self.current_mask(path) if self.mask_noise else None
+
+    def effective_weight(self, path: str | None = None) -> torch.Tensor:
+        """This convolution's weight for one pass, computed on its own (a model's ``NoiseBank`` computes
+        every noisy convolution's at once, drawn the same way)."""
+        w = self.masked_weight(path)
         if self.noisy and self.cond.noise:
             eta = torch.randn_like(w) * w.detach().std()
-            if mask is not None and self.mask_noise:
+            mask = self.noise_mask(path)
+            if mask is not None:
                 eta = eta * mask
-            w = w + self.alpha * self.cond.noise * eta
+            w = torch.addcmul(w, eta, self.alpha * self.cond.noise)
         return w
 
     def forward(self, x):
         k = min(self.cond.n_clean, len(x))
         if len(self.paths) == 2 and 0 < k < len(x):  # split rows: clean path first, adversarial path after
-            return torch.cat([self._conv_forward(x[:k], self.effective_weight("clean"), self.bias),
-                              self._conv_forward(x[k:], self.effective_weight("adv"), self.bias)])
+            clean, adv = x.split([k, len(x) - k])
+            return torch.cat([self._conv_forward(clean, self.effective_weight("clean"), self.bias),
+                              self._conv_forward(adv, self.effective_weight("adv"), self.bias)])
+        if self.bank is not None and self.bank.active and self.noisy and self.cond.noise:
+            return self._conv_forward(x, self.bank.weight(self), self.bias)
         return self._conv_forward(x, self.effective_weight(), self.bias)
 
 
@@ -204,11 +200,11 @@ class ConditionedLayers(LayerFactory):
         return bn
 
     def attach(self, model: nn.Module) -> nn.Module:
-        """Called once the model is built: its FiLM layers get a ``FiLMBank`` (a forward pre-hook)."""
+        """Called once the model is built: its FiLM layers get a ``FiLMBank`` and its noisy convolutions a
+        ``NoiseBank`` (banks.py), both hooks of the model."""
         films = [m for m in model.modules() if type(m) is FiLM]
-        if films:
-            model.register_forward_pre_hook(FiLMBank(films, self.cond))
-        return model
+        noisy = [m for m in model.modules() if isinstance(m, CondConv2d) and m.noisy]
+        return attach_banks(model, films, noisy, self.cond)
 
     def linear(self, fin, fout):
         if self.widths:

@@ -1,0 +1,126 @@
+"""The model's NoiseBank (harness/banks.py): every noisy convolution's weight drawn in one go per forward
+pass, with the distribution, masks and gradients each convolution gives its own (issue 3's noise rules)."""
+import collections
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from harness.conditioned import CondConv2d
+from harness.config import TrainConfig
+from harness.data import DatasetInfo
+from methods import get_method
+
+CIFAR = DatasetInfo("c", 10, 3, 32, (0.5,) * 3, (0.25,) * 3, 8 / 255, 4, True)
+
+
+def _model(name="float", arch="resnet34"):
+    torch.manual_seed(0)
+    method = get_method(name)(TrainConfig(), 8 / 255)
+    model = method.build_model(arch, CIFAR).eval()
+    convs = [m for m in model.modules() if isinstance(m, CondConv2d) and m.noisy]
+    with torch.no_grad():
+        for i, c in enumerate(convs):
+            c.alpha.fill_(0.1 + 0.02 * i)  # each its own alpha, so a mix-up would show
+    return method, model, convs
+
+
+def _capture(convs):
+    """Per convolution, the weight its forward pass used (with its autograd history)."""
+    used = {}
+    for c in convs:
+        def conv_forward(x, w, b, c=c):
+            used[c] = w
+            return type(c)._conv_forward(c, x, w, b)
+        c._conv_forward = conv_forward
+    return used
+
+
+def test_bank_draws_each_weight_from_its_own_distribution():
+    method, model, convs = _model()
+    assert all(c.bank is not None for c in convs) and len(convs) == 36
+    used, lam = _capture(convs), 0.7
+    method.factory.cond.set(clean=False, noise=lam)
+    draws = collections.defaultdict(list)
+    with torch.no_grad():
+        for _ in range(5):
+            model(torch.rand(1, 3, 32, 32))
+            for c in convs:
+                draws[c].append((used[c] - c.weight) / (c.alpha * lam))
+    for c in convs:
+        d, std = torch.stack(draws[c]), c.weight.std()
+        assert d.mean().abs() < 0.05 * std, "noise is centred"
+        assert d.std().item() == pytest.approx(std.item(), rel=0.05), "eta ~ N(0, std(W)^2), times alpha * lambda"
+        assert not torch.equal(d[0], d[1]), "noise is drawn afresh at every forward pass"
+    same = [c for c in convs if c.weight.shape == convs[3].weight.shape]
+    a, b = draws[same[0]][0].flatten(), draws[same[1]][0].flatten()
+    assert len(same) > 1 and torch.corrcoef(torch.stack([a, b]))[0, 1].abs() < 0.05, "independent per layer"
+
+
+def test_bank_gradients_reach_weights_and_each_alpha():
+    """dW~/dW = 1 (std and eta carry no gradient) and d loss / d alpha = sum(d loss / d W~ * lambda std(W) eta)."""
+    method, model, convs = _model()
+    used, grads = _capture(convs), {}
+    lam = 0.8
+    method.factory.cond.set(clean=False, noise=lam)
+    model.train()
+    out = model(torch.rand(2, 3, 32, 32))
+    for c in convs:
+        used[c].register_hook(lambda g, c=c: grads.__setitem__(c, g))
+    out.square().sum().backward()
+    for c in convs:
+        noise = ((used[c] - c.weight) / c.alpha).detach()  # lambda * std(W) * eta
+        assert torch.allclose(c.weight.grad, grads[c])
+        assert c.alpha.grad.item() == pytest.approx((grads[c] * noise).sum().item(), rel=1e-3, abs=1e-5)
+        assert c.alpha.grad.abs() > 0
+
+
+def test_masked_noise_keeps_the_model_sparse():
+    method, model, convs = _model("floats", "small_cnn")
+    used = _capture(convs)
+    for c in convs:
+        c.mask.bernoulli_(0.5)
+    method.factory.cond.set(clean=False, noise=1.0)
+    with torch.no_grad():
+        model(torch.rand(2, 3, 32, 32))
+    for c in convs:
+        assert (used[c][c.mask == 0] == 0).all() and (used[c][c.mask == 1] != c.weight[c.mask == 1]).any()
+
+
+def test_no_noise_means_the_plain_weights_and_a_conv_alone_draws_its_own():
+    method, model, convs = _model()
+    used = _capture(convs)
+    method.factory.cond.set(clean=True)
+    with torch.no_grad():
+        model(torch.rand(1, 3, 32, 32))
+    assert all(used[c] is c.weight for c in convs)
+    method.factory.cond.set(clean=False, noise=1.0)
+    c = convs[1]
+    with torch.no_grad():  # called outside a model pass: the bank is closed, the conv draws its own
+        c(torch.rand(1, c.in_channels, 8, 8))
+    assert not c.bank.active and c.bank.weights is None
+    assert not torch.equal(used[c], c.weight)
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_one_noisy_pass_draws_once_and_takes_one_std_per_size():
+    """What makes the bank worth having on a GPU at small batches: one ``randn`` per pass and one ``std``
+    per group of equally sized weights (11 in ResNet-34), not one of each per convolution (36)."""
+    method, model, convs = _model()
+    method.factory.cond.set(clean=False, noise=1.0)
+    with torch.no_grad(), _Ops() as ops:
+        model(torch.rand(1, 3, 32, 32))
+    sizes = {c.weight.numel() for c in convs}
+    assert len(sizes) == 11
+    assert ops.calls["aten.randn"] == 1 and ops.calls["aten.randn_like"] == 0
+    assert ops.calls["aten.std"] == len(sizes)
+    assert ops.calls["aten.addcmul"] == len(convs)

@@ -3,17 +3,25 @@
   python -m harness.bench --methods pgd_at --arch resnet34 --batch-size 128          # PGD-7, the issue's setting
   python -m harness.bench --methods pgd_at,oat,float --compile reduce-overhead       # with CUDA graphs
   python -m harness.bench --methods pgd_at,fast_at --arch preact_resnet18 --batch-size 512
+  python -m harness.bench --methods pgd_at,oat,float --ops                            # kernels per step (any device)
 
 Runs one warm-up epoch and then times whole epochs of ``harness.train``'s loop on CIFAR-shaped uint8 data kept
 on the device (content does not change the speed of a dense network). Prints device, precision, torch version,
 images/s and CUDA peak memory, so every figure names its hardware.
+
+``--ops`` instead counts the operators one training step (forward, attack and backward) dispatches, views
+left out: on a GPU each launches at least one kernel, and at small batches the step is bound by those
+launches, so the count is a proxy for speed that any machine, a CPU one included, can measure.
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import sys
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from methods import get_method
 
@@ -22,6 +30,42 @@ from .data import DatasetInfo, DeviceLoader
 from .errors import LambenchError
 from .runner import device_name, resolve_device
 from .train import _epoch, compiled, optimizer_for, precision_of
+
+#: operators that only make views or allocate (no kernel of their own), left out of ``--ops``
+VIEWS = {"alias", "as_strided", "chunk", "detach", "empty", "empty_like", "empty_strided", "expand",
+         "new_empty_strided", "permute", "select", "slice", "split", "split_with_sizes", "squeeze", "t",
+         "transpose", "unbind", "unsqueeze", "view", "_reshape_alias", "_unsafe_view", "lift_fresh"}
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the operators dispatched while active, by name (``aten.`` dropped), views left out."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name not in VIEWS:
+            self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(method_name: str, arch: str, device: torch.device, batch_size: int = 8, size: int = 32) -> collections.Counter:
+    """Operators dispatched by one training step of ``method_name`` (after one untimed step), views left out.
+    The count does not depend on the batch size."""
+    torch.manual_seed(0)
+    cls = get_method(method_name)
+    method = cls(TrainConfig(**{**cls.defaults, "batch_size": batch_size}), 8 / 255)
+    info = DatasetInfo("synthetic", 10, 3, size, (0.5,) * 3, (0.25,) * 3, 8 / 255, 4, True)
+    model = method.build_model(arch, info).to(device).train()
+    x, y = torch.rand(batch_size, 3, size, size, device=device), torch.randint(0, 10, (batch_size,), device=device)
+    for counting in (False, True):
+        model.zero_grad(set_to_none=True)  # as the loop does before every backward
+        with OpCounter() if counting else contextlib.nullcontext() as counter:
+            loss, _, _ = method.train_step(model, x, y)
+            loss.backward()
+    return counter.counts
 
 
 def bench(method_name: str, arch: str, batch_size: int, iters: int, device: torch.device, attack: str | None,
@@ -68,11 +112,17 @@ def main(argv=None) -> int:
     p.add_argument("--compile", default="off", choices=COMPILE_MODES,
                    help="CUDA: torch.compile the forward (reduce-overhead: with CUDA graphs); default off")
     p.add_argument("--device", default="auto")
+    p.add_argument("--ops", action="store_true", help="count the operators of one training step instead")
     args = p.parse_args(argv)
     try:
         device = resolve_device(args.device)
         torch.backends.cudnn.benchmark = True
         for name in args.methods.split(","):
+            if args.ops:
+                counts = count_ops(name, args.arch, device)
+                top = ", ".join(f"{op} {n}" for op, n in counts.most_common(8))
+                print(f"{name:8s} {args.arch}: {sum(counts.values())} operators per training step ({top}, ...)")
+                continue
             r = bench(name, args.arch, args.batch_size, args.iters, device, args.attack, args.precision,
                       compile=args.compile)
             print(f"{r['method']:8s} {r['arch']} bs={r['batch_size']} {r['train_attack']} compile={r['compile']}: "

@@ -40,12 +40,22 @@ def encoding_table(kind: str) -> torch.Tensor | None:
     return None
 
 
+def zeros_in(batch: int) -> int:
+    """How many samples of a batch get lambda = 0: ceil(B/6)."""
+    return math.ceil(batch / 6)
+
+
+def sample_positions(batch: int, device=None, generator=None) -> torch.Tensor:
+    """Per sample, the position of its lambda in LAMBDAS: ``zeros_in(batch)`` zeros (lambda = 0) first,
+    then positions drawn uniformly from the non-zero lambdas. No host synchronisation."""
+    n0 = zeros_in(batch)
+    idx = torch.randint(len(LAMBDAS) - 1, (batch - n0,), device=device, generator=generator) + 1
+    return torch.cat([torch.zeros(n0, dtype=idx.dtype, device=device), idx])
+
+
 def sample_lambdas(batch: int, device=None, generator=None) -> torch.Tensor:
-    """ceil(B/6) zeros first, then values drawn uniformly from the non-zero training lambdas."""
-    n0 = math.ceil(batch / 6)
-    nonzero = torch.tensor(LAMBDAS[1:], device=device)
-    idx = torch.randint(len(nonzero), (batch - n0,), device=device, generator=generator)
-    return torch.cat([torch.zeros(n0, device=device), nonzero[idx]])
+    """The lambdas themselves (``sample_positions`` looked up in LAMBDAS)."""
+    return torch.tensor(LAMBDAS, device=device)[sample_positions(batch, device, generator)]
 
 
 @register("oat")
@@ -60,6 +70,7 @@ class OAT(Method):
         step = self.cfg.attack_step or 1.25 * self.eps / max(1, self.attack.steps)  # (10/255)/7 at 8/255
         self.cfg = dataclasses.replace(self.cfg, attack_step=step)
         self.table = encoding_table(self.opts["encoding"])
+        self._on_device: dict = {}  # (LAMBDAS, table) per device, so a training step copies nothing to it
 
     def layers(self):
         d = 1 if self.table is None else self.table.shape[1]
@@ -76,14 +87,25 @@ class OAT(Method):
                                 f"use --opt encoding=scalar for other values")
         return self.table.to(lams.device)[hit.float().argmax(1)]
 
-    def train_step(self, model, x, y):
-        return self.oat_loss(model, x, y, sample_lambdas(len(x), x.device))
+    def lookup(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lambdas, encodings) of positions in LAMBDAS, from copies kept on ``pos``'s device."""
+        if pos.device not in self._on_device:
+            grid = torch.tensor(LAMBDAS, device=pos.device)
+            table = None if self.table is None else self.table.to(pos.device)
+            self._on_device[pos.device] = grid, table
+        grid, table = self._on_device[pos.device]
+        lam = grid[pos]
+        return lam, lam[:, None] if table is None else table[pos]
 
-    def oat_loss(self, model, x, y, lam):
-        """``(loss, logits, y)`` of one batch at the per-sample lambdas ``lam`` (zeros first)."""
+    def train_step(self, model, x, y):
+        return self.oat_loss(model, x, y, sample_positions(len(x), x.device))
+
+    def oat_loss(self, model, x, y, pos):
+        """``(loss, logits, y)`` of one batch at per-sample lambdas given by their positions ``pos`` in
+        LAMBDAS, as ``sample_positions`` draws them (``zeros_in(len(x))`` zeros first)."""
         cond = self.factory.cond
-        n0 = int((lam == 0).sum())
-        enc = self.encode(lam)
+        n0 = zeros_in(len(x))
+        lam, enc = self.lookup(pos)
         loss = torch.zeros((), device=x.device)
         if n0 < len(x):
             cond.set(clean=False, enc=enc[n0:])
@@ -111,3 +133,4 @@ class OAT(Method):
     def load_state_dict(self, state):
         if "encoding" in state:
             self.table = state["encoding"]
+            self._on_device.clear()

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from harness.errors import LambenchError
 
 from .base import register
-from .oat import OAT, sample_lambdas
+from .oat import OAT, sample_positions
 
 WIDTHS = "0.5,0.75,1.0"
 
@@ -34,11 +34,11 @@ class OATS(OAT):
         self.width = self.widths[0]
 
     def train_step(self, model, x, y):
-        lam = sample_lambdas(len(x), x.device)
+        pos = sample_positions(len(x), x.device)
         total, out = 0.0, None
         for w in self.widths:  # widest first
             self.factory.cond.width = w
-            loss, logits, _ = self.oat_loss(model, x, y, lam)
+            loss, logits, _ = self.oat_loss(model, x, y, pos)
             total = total + loss
             out = out if out is not None else logits  # the full width's logits for the progress bar
         self.factory.cond.width = self.widths[0]

@@ -190,26 +190,51 @@ def test_compile_flag_reaches_the_training_config(tmp_path):
     assert expand_jobs(cfg, overrides)[0].train.compile == "reduce-overhead"
 
 
-@pytest.mark.parametrize("name", ["pgd_at", "fast_at", "oat", "float", "floats", "smart"])
-def test_compiled_training_step_settles_on_few_graphs(name):
+@pytest.mark.parametrize("name, graphs_expected", [("pgd_at", 2), ("fast_at", 2), ("oat", 3), ("float", 3), ("floats", 3),
+                                        ("smart", 3), ("oats", 9)])
+def test_compiled_training_step_settles_on_few_graphs(name, graphs_expected):
     """What ``--compile`` costs in compilations: dynamo (eager backend, so no compiler is needed here)
     captures each method's training step in at most three graphs (train and eval mode; the conditioned
-    methods also one per row split of the dual BN), and none more after the first step."""
+    methods also one per row split of the dual BN; OATS three per width), none more after the first step,
+    and the compiled step computes the very losses of the plain one (FLOAT's noise included)."""
     import torch._dynamo as dynamo
     from torch._dynamo.utils import counters
     from harness.config import TrainConfig
     from harness.data import DatasetInfo
+    from harness.train import compiled
     info = DatasetInfo("c", 10, 3, 16, (0.5,) * 3, (0.25,) * 3, 8 / 255, 2, True)
-    dynamo.reset()
-    counters.clear()
-    torch.manual_seed(0)
-    method = get_method(name)(TrainConfig(train_attack="pgd2"), 8 / 255)
-    model = method.build_model("small_cnn", info).train()
-    model.forward = torch.compile(model.forward, backend="eager")
-    graphs = []
-    for _ in range(3):
-        loss, _, _ = method.train_step(model, torch.rand(12, 3, 16, 16), torch.randint(0, 10, (12,)))
-        loss.backward()
-        graphs.append(counters["stats"]["unique_graphs"])
-    dynamo.reset()
-    assert graphs[0] <= 3 and graphs[-1] == graphs[0], graphs
+
+    def losses(backend):
+        dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        method = get_method(name)(TrainConfig(train_attack="pgd2"), 8 / 255)
+        model = method.build_model("small_cnn", info).train()
+        out, graphs = [], []
+        with compiled(model, "default" if backend else "off", torch.device("cpu"), backend=backend):
+            for i in range(3):
+                g = torch.Generator().manual_seed(i)
+                x, y = torch.rand(12, 3, 16, 16, generator=g), torch.randint(0, 10, (12,), generator=g)
+                loss, _, _ = method.train_step(model, x, y)
+                loss.backward()
+                out.append(loss.item())
+                graphs.append(counters["stats"]["unique_graphs"])
+        dynamo.reset()
+        return out, graphs
+
+    eager, _ = losses(None)
+    out, graphs = losses("eager")
+    assert graphs[0] == graphs_expected and graphs[-1] == graphs[0], graphs  # oats: all nine, none left uncompiled
+    assert out == pytest.approx(eager, rel=1e-5)
+
+
+def test_no_training_step_waits_for_the_device():
+    """A training step never reads a tensor's value on the host (``.item()``, ``int(t)``, ``if t:``): on a GPU
+    that would stall the step until every queued kernel had run. OAT's sampler used to, twice a step."""
+    from harness.bench import count_ops
+    from methods import method_names
+    for name in method_names():
+        ops = count_ops(name, "small_cnn", torch.device("cpu"))
+        assert sum(ops.values()) > 50
+        syncs = {op: n for op, n in ops.items() if op in ("_local_scalar_dense", "nonzero", "equal", "is_nonzero")}
+        assert not syncs, f"{name}: {syncs}"

@@ -87,6 +87,10 @@ def parser() -> argparse.ArgumentParser:
                    help="method option, repeatable, e.g. --opt encoding=onehot (oat); see README")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval", type=_csv(), help="comma list of attacks: pgd20 (default), pgd50x10, pgdK[xR]")
+    e.add_argument("--lambdas", type=_lambdas,
+                   help="once-for-all methods: score at these lambdas instead of the method's grid, e.g. "
+                        "0,0.05,0.1,...; no retraining (oat needs --opt encoding=scalar for lambdas it was not "
+                        "trained at; dedicated models such as pgd_at keep the lambda they were trained at)")
     e.add_argument("--eval-n", type=int, help="evaluate on the first N test examples (default: all)")
     e.add_argument("--eval-batch-size", type=int)
     e.add_argument("--aa", choices=["standard", "rand", "off"],
@@ -114,7 +118,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 TRAIN_FLAGS = ("epochs", "batch_size", "lr", "schedule", "train_attack", "attack_step", "precision", "compile", "options")
-EVAL_FLAGS = {"eval": "attacks", "eval_n": "n", "eval_batch_size": "batch_size", "aa": "aa", "aa_n": "aa_n",
+EVAL_FLAGS = {"eval": "attacks", "lambdas": "lambdas", "eval_n": "n", "eval_batch_size": "batch_size", "aa": "aa", "aa_n": "aa_n",
               "checks": "checks", "checks_n": "checks_n", "complexity": "complexity"}
 ON_OFF = ("checks", "complexity")
 
@@ -142,8 +146,10 @@ def config_from_args(args):
         get_method(name)
     for spec in cfg.eval.attacks + ((overrides["train_attack"],) if "train_attack" in overrides else ()):
         parse_attack(spec)
-    for lam in cfg.train_lambdas or ():
+    for lam in (cfg.train_lambdas or ()) + (cfg.eval.lambdas or ()):
         check_lambda(lam)
+    if cfg.eval.lambdas == ():
+        raise LambenchError("--lambdas is empty; give lambdas such as 0,0.5,1")
     if args.clean_floor is not None and not 0 <= args.clean_floor <= 1:
         raise LambenchError(f"--clean-floor {args.clean_floor} is outside [0, 1]; give a fraction, e.g. 0.8")
     return cfg, overrides
@@ -173,7 +179,8 @@ def main(argv=None) -> int:
         print(f"lambench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("lambench: interrupted; rerun the same command to resume from the last finished epoch", file=sys.stderr)
+        print("lambench: interrupted; rerun the same command to resume (training from the last finished "
+              "epoch, evaluation from the last finished lambda)", file=sys.stderr)
         return 130
     return 0
 

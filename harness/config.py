@@ -46,6 +46,8 @@ class EvalConfig:
     checks_n: int = 200            # the checks' extra attacks run on the first checks_n test examples
     checks_eot: int = 10           # random models: forward passes averaged per gradient in the EOT check
     complexity: bool = True        # parameters, MACs, latency, throughput and memory at every lambda
+    lambdas: tuple[float, ...] | None = None  # once-for-all models: score at these lambdas instead of the
+                                   # method's grid (--lambdas; dedicated models keep the lambda they were trained at)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from .autoattack import AAResult, package, run_autoattack
 from .config import EvalConfig
 from .data import Dataset, DeviceLoader
 from .errors import LambenchError
+from .store import PartialRows
 
 NAN = float("nan")
 AA_MODES = ("standard", "rand", "off")
@@ -72,84 +73,103 @@ def check_attacks(cfg: EvalConfig, random: bool) -> list[tuple[AttackSpec, str]]
 
 
 def evaluate(method, model, data: Dataset, cfg: EvalConfig, eps: float, seed: int = 0,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, partial: PartialRows | None = None) -> list[dict]:
     """Rows ``{lambda, metric, value, attack, n[, eps, precision, detail]}`` for every lambda of
-    ``method.lambda_grid()``, then per-job rows (lambda NaN): ``params``, ``stored_params``; for a method
-    with several variants (OATS's widths) all of them per variant, with ``method`` = ``<name>-<variant>``."""
+    ``method.eval_grid(cfg.lambdas)`` (the method's grid unless ``--lambdas`` gave one), then per-job rows
+    (lambda NaN): ``params``, ``stored_params``; for a method with several variants (OATS's widths) all of
+    them per variant, with ``method`` = ``<name>-<variant>``. ``partial`` keeps each finished lambda's rows
+    (and gives back those of an earlier, stopped evaluation under the same settings); one process only."""
     if cfg.aa not in AA_MODES:
         raise LambenchError(f"unknown AutoAttack mode {cfg.aa!r}; use one of {', '.join(AA_MODES)}")
     x, y = (data.x_test, data.y_test) if cfg.n is None else (data.x_test[:cfg.n], data.y_test[:cfg.n])
     loader = _loader(x, y, cfg.batch_size)
     n_chk = min(cfg.checks_n, len(x)) if cfg.checks else 0
     sub = _loader(x[:n_chk], y[:n_chk], cfg.batch_size)
-    grid, variants = method.lambda_grid(), method.variants()
-    steps = len(loader) * len(cfg.attacks) + (cfg.aa != "off" and cfg.aa_n > 0)
-    total = len(variants) * sum(
-        steps + len(loader) * (cfg.noise_draws if method.is_random(lam) else 1)
-        + len(sub) * (len(check_attacks(cfg, method.is_random(lam))) + 1) * (n_chk > 0) for lam in grid)
+    grid, variants = method.eval_grid(cfg.lambdas), method.variants()
+    if distributed.active():
+        partial = None  # ranks share the work of every lambda; a cache would have to agree across them
+
+    def steps(lam):  # progress-bar steps of one lambda
+        random = method.is_random(lam)
+        return (len(loader) * (len(cfg.attacks) + (cfg.noise_draws if random else 1))
+                + (cfg.aa != "off" and cfg.aa_n > 0) + len(sub) * (len(check_attacks(cfg, random)) + 1) * (n_chk > 0))
+
     rows = []
-    with tqdm(total=total, desc=f"eval {method.name}", leave=False, disable=not (progress and distributed.is_main()),
-              dynamic_ncols=True) as bar:
+    with tqdm(total=len(variants) * sum(steps(lam) for lam in grid), desc=f"eval {method.name}", leave=False,
+              disable=not (progress and distributed.is_main()), dynamic_ncols=True) as bar:
         for name in variants:
             with method.variant(name):
-                part = _score(method, model, x, y, loader, sub, cfg, eps, seed, bar)
+                part = _score(method, model, x, y, loader, sub, cfg, eps, seed, bar, grid, steps, partial, name)
             rows += [r | {"method": f"{method.name}-{name}"} for r in part] if name else part
     return rows
 
 
-def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: int, bar) -> list[dict]:
+def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: int, bar, grid, steps,
+           partial, variant) -> list[dict]:
     """``evaluate``'s rows for the model as ``method`` configures it now (one variant)."""
-    attacks = [parse_attack(a) for a in cfg.attacks]
-    grid = method.lambda_grid()
-    n_aa = min(cfg.aa_n, len(x)) if cfg.aa != "off" else 0
-    n_chk = sub.total
     x_img = x[: max(1, min(len(x), 256))].float() / 255
-    draws_at = {lam: cfg.noise_draws if method.is_random(lam) else 1 for lam in grid}
-    rows, stored = [], None
     measure = cfg.complexity and distributed.is_main()  # timings on one process; rank 0 writes the rows
+    rows, stored = [], None
     for lam in grid:
-        def row(metric, value, attack="", n=len(x), lam=lam, **extra):
-            rows.append({"lambda": lam, "metric": metric, "value": value, "attack": attack, "n": n, **extra})
-
+        part = partial.get(variant, lam) if partial else None
         with method.configure(model, lam) as forward:
-            clean = []
-            for draw in range(draws_at[lam]):
-                torch.manual_seed(seed * 1000 + draw)  # fixed noise per evaluation
-                clean.append(_mean(_correct(forward, loader, bar=bar)))
-            row("clean_acc", statistics.fmean(clean))
-            if len(clean) > 1:
-                row("clean_acc_std", statistics.stdev(clean))
-            base = None
-            for attack in attacks:
-                torch.manual_seed(seed)
-                correct = _correct(forward, loader, attack, eps, cfg.step, bar)
-                row("pgd_acc", _mean(correct), attack.name)
-                if attack.name == checks.BASE:
-                    base = correct[:n_chk]
-            version = aa_version(cfg, method, lam)
-            if version and n_aa:
-                torch.manual_seed(seed)
-                acc, res = _autoattack(forward, model, x[:n_aa], y[:n_aa], eps, version, cfg.batch_size, seed)
-                row("aa_acc", acc, res.attack, n_aa)
-                row("flag:autoattack", float(bool(res.warnings)), res.attack, NAN,
-                    detail=f"the {res.package} package warned: " + " | ".join(res.warnings) if res.warnings else "")
-                bar.update(1)
-            if n_chk:
-                rows.extend(_check_rows(lam, forward, sub, base, cfg, eps, seed, method.is_random(lam), bar))
-            if measure:
-                used = complexity.used_masks(forward, model, x_img[:1])
-                stored = complexity.union(stored, used)
-                row("nonzero_params", complexity.count(used), n=NAN)
-                row("macs", complexity.macs(forward, model, x_img[:1]), n=1)
-                cost = complexity.inference_cost(forward, x_img)
-                row("infer_latency_ms", cost["infer_latency_ms"], n=1, precision="fp32")
-                row("infer_throughput", cost["infer_throughput"], n=256, precision="fp32")
-                row("infer_peak_mem_mb", cost["infer_peak_mem_mb"], n=256, precision="fp32")
+            if part is None:
+                part = _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed, bar, measure)
+                if partial:
+                    partial.put(variant, lam, part)
+            else:  # scored before this evaluation was stopped
+                bar.update(steps(lam))
+            if measure:  # the entries used at every lambda, for what a deployment stores
+                stored = complexity.union(stored, complexity.used_masks(forward, model, x_img[:1]))
+        rows += part
     if measure:
         rows += [{"lambda": NAN, "metric": "params", "value": complexity.params(model), "attack": "", "n": NAN},
                  {"lambda": NAN, "metric": "stored_params", "value": complexity.count(stored), "attack": "", "n": NAN}]
     if cfg.checks:
         rows += checks.flag_rows(rows)
+    return rows
+
+
+def _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed, bar, measure) -> list[dict]:
+    """The rows of one lambda, ``forward`` being the model configured for it."""
+    rows = []
+
+    def row(metric, value, attack="", n=len(x), **extra):
+        rows.append({"lambda": lam, "metric": metric, "value": value, "attack": attack, "n": n, **extra})
+
+    clean = []
+    for draw in range(cfg.noise_draws if method.is_random(lam) else 1):
+        torch.manual_seed(seed * 1000 + draw)  # fixed noise per evaluation
+        clean.append(_mean(_correct(forward, loader, bar=bar)))
+    row("clean_acc", statistics.fmean(clean))
+    if len(clean) > 1:
+        row("clean_acc_std", statistics.stdev(clean))
+    base, n_chk = None, sub.total
+    for attack in (parse_attack(a) for a in cfg.attacks):
+        torch.manual_seed(seed)
+        correct = _correct(forward, loader, attack, eps, cfg.step, bar)
+        row("pgd_acc", _mean(correct), attack.name)
+        if attack.name == checks.BASE:
+            base = correct[:n_chk]
+    version = aa_version(cfg, method, lam)
+    n_aa = min(cfg.aa_n, len(x)) if version else 0
+    if n_aa:
+        torch.manual_seed(seed)
+        acc, res = _autoattack(forward, model, x[:n_aa], y[:n_aa], eps, version, cfg.batch_size, seed)
+        row("aa_acc", acc, res.attack, n_aa)
+        row("flag:autoattack", float(bool(res.warnings)), res.attack, NAN,
+            detail=f"the {res.package} package warned: " + " | ".join(res.warnings) if res.warnings else "")
+        bar.update(1)
+    if n_chk:
+        rows.extend(_check_rows(lam, forward, sub, base, cfg, eps, seed, method.is_random(lam), bar))
+    if measure:
+        x1 = x[:1].float() / 255
+        row("nonzero_params", complexity.count(complexity.used_masks(forward, model, x1)), n=NAN)
+        row("macs", complexity.macs(forward, model, x1), n=1)
+        cost = complexity.inference_cost(forward, x[: max(1, min(len(x), 256))].float() / 255)
+        row("infer_latency_ms", cost["infer_latency_ms"], n=1, precision="fp32")
+        row("infer_throughput", cost["infer_throughput"], n=256, precision="fp32")
+        row("infer_peak_mem_mb", cost["infer_peak_mem_mb"], n=256, precision="fp32")
     return rows
 
 

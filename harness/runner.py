@@ -27,7 +27,7 @@ from .data import Dataset, dataset_eps, load_dataset
 from .errors import LambenchError
 from .evaluate import evaluate
 from .executor import ExecutorConfig, check as check_executor, submit_and_wait
-from .store import assemble, read_json, write_csv, write_json, write_text
+from .store import PartialRows, assemble, read_json, write_csv, write_json, write_text
 from .train import precision_of, train
 
 
@@ -49,11 +49,23 @@ class Job:
 def expand_jobs(cfg: RunConfig, train_overrides: dict | None = None) -> list[Job]:
     """One job per method x dataset x arch x seed (x training lambda for per-lambda methods).
 
-    Training settings per job: the preset's, then the method's own defaults, then explicit flags."""
+    Training settings per job: the preset's, then the method's own defaults, then explicit flags. A method
+    option (``--opt key=value``) goes to the methods that have that option; one that none has is an error."""
     jobs = []
-    for name in cfg.methods:
-        cls = get_method(name)
-        tcfg = apply(apply(cfg.train, cls.defaults), train_overrides or {})
+    overrides = dict(train_overrides or {})
+    options = overrides.pop("options", {})
+    classes = [get_method(name) for name in cfg.methods]
+    unknown = set(options) - {key for cls in classes for key in cls.options}
+    if unknown:  # an option goes to the methods that have it; one that none has is a mistake
+        known = "; ".join(f"{c.name}: {', '.join(c.options) or 'none'}" for c in classes)
+        raise LambenchError(f"no method of this run has option {', '.join(sorted(unknown))} (--opt); "
+                            f"their options: {known}")
+    for name, cls in zip(cfg.methods, classes):
+        mine = {k: v for k, v in options.items() if k in cls.options}
+        tcfg = apply(apply(cfg.train, cls.defaults), overrides | ({"options": mine} if mine else {}))
+        method = cls(tcfg, 0.0)  # bad options and a bad --lambdas fail here, before any training
+        if cfg.eval.lambdas is not None and cls.once_for_all:
+            method.eval_grid(cfg.eval.lambdas)
         lambdas = cfg.train_lambdas if cfg.train_lambdas is not None else cls.train_lambdas
         if cls.train_lambdas is None:
             lambdas = (None,)
@@ -202,7 +214,9 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     history = train(method, model, shard, job.train, job_dir, device, cfg.progress, log)
     trained = len(shard.x_train) * distributed.world_size()
     t_eval = time.perf_counter()
-    rows = evaluate(method, model, data, cfg.eval, eps, seed=job.seed, progress=cfg.progress)
+    settings = {k: v for k, v in _eval_settings(job, cfg).items() if k != "lambdas"}  # a lambda's rows do not
+    partial = PartialRows(job_dir / "partial", settings | {"seed": job.seed})  # depend on the others
+    rows = evaluate(method, model, data, cfg.eval, eps, seed=job.seed, progress=cfg.progress, partial=partial)
     eval_s = time.perf_counter() - t_eval
     # training cost as rows with no lambda (they do not vary with it)
     seconds = sum(h["seconds"] for h in history)
@@ -223,6 +237,7 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     write_text(job_dir / "warnings.txt", "".join(line + "\n" for line in warnings))
     write_json(job_dir / "eval.json", _eval_settings(job, cfg))
     write_csv(job_dir / "rows.csv", pd.DataFrame([meta | {k: v for k, v in r.items() if k != "detail"} for r in rows]))
+    shutil.rmtree(job_dir / "partial", ignore_errors=True)
     _log_rows(rows, log)
     for line in warnings:
         log(f"  {line}")

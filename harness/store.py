@@ -6,6 +6,8 @@ Layout of ``<out>/<run>/``:
   <job>/epochs.csv      per-epoch loss, accuracy, images/s, wall-clock, CUDA peak memory
   <job>/rows.csv        this job's evaluation rows (written last: its presence marks the job done)
   <job>/eval.json       the evaluation settings rows.csv was produced with
+  <job>/partial/        while a job is being evaluated: each finished lambda's rows, so a stopped
+                        evaluation resumes at the next lambda (removed once rows.csv is written)
   results.csv           every finished job's rows: one row per job x lambda x metric
 """
 from __future__ import annotations
@@ -58,3 +60,28 @@ def assemble(run_dir: Path) -> pd.DataFrame:
     table = table[[c for c in COLUMNS if c in table.columns] + extra]
     write_csv(run_dir / "results.csv", table)
     return table
+
+
+class PartialRows:
+    """The rows of each (variant, lambda) an evaluation has finished, one JSON file each in ``folder``, kept
+    with the settings they were computed under and reused only under the same ones: an evaluation that is
+    stopped (preempted, killed, out of time) resumes at the lambda it was scoring. ``folder`` None: no cache."""
+
+    def __init__(self, folder: Path | None, settings: dict):
+        self.folder, self.settings = (Path(folder) if folder else None), json.loads(json.dumps(settings))
+
+    def _path(self, variant: str, lam: float) -> Path:
+        return self.folder / f"{variant or 'model'}-lambda{lam:g}.json"
+
+    def get(self, variant: str, lam: float) -> list[dict] | None:
+        if self.folder is None or not self._path(variant, lam).exists():
+            return None
+        try:
+            saved = read_json(self._path(variant, lam))
+        except ValueError:  # a file cut short is not a result
+            return None
+        return saved["rows"] if saved.get("settings") == self.settings else None
+
+    def put(self, variant: str, lam: float, rows: list[dict]) -> None:
+        if self.folder is not None:
+            write_json(self._path(variant, lam), {"settings": self.settings, "rows": rows})

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from harness.attacks import AttackSpec, Forward, parse_attack
-from harness.config import TrainConfig
+from harness.config import TrainConfig, check_lambda
 from harness.errors import LambenchError
 from harness.layers import LayerFactory
 from harness.models import build_model
@@ -67,6 +67,8 @@ class Method:
     defaults: dict = {}
     #: training lambdas that each get a dedicated model (None: one model for the whole grid).
     train_lambdas: tuple[float, ...] | None = None
+    #: one trained model dialled over lambda (once-for-all): it can be scored at other lambdas (--lambdas)
+    once_for_all: bool = False
 
     #: method options (``--opt key=value``): a tuple of allowed values, the first the default, or
     #: ``(default, type)`` for any value of that type (e.g. ``"density": (0.5, float)``)
@@ -134,6 +136,17 @@ class Method:
     # --- evaluation --------------------------------------------------------------------------------------
     def lambda_grid(self) -> list[float]:
         return [1.0 if self.train_lambda is None else self.train_lambda]
+
+    def eval_grid(self, lambdas=None) -> list[float]:
+        """The lambdas the trained model is scored at: ``lambdas`` (``--lambdas``, each checked with
+        ``check_lambda``) for a once-for-all model, else ``lambda_grid()``."""
+        if lambdas is None or not self.once_for_all:
+            return self.lambda_grid()
+        return sorted({self.check_lambda(float(lam)) for lam in lambdas})
+
+    def check_lambda(self, lam: float) -> float:
+        """``lam`` if the model can be configured at it, else a ``LambenchError`` naming the fix."""
+        return check_lambda(lam)
 
     def variants(self) -> list[str]:
         """Sub-models of the one trained model that are scored as models of their own (OATS: its widths),

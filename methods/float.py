@@ -21,6 +21,7 @@ CLEAN_BELOW = 0.1
 class FLOAT(Method):
     defaults = {"train_attack": "pgd7"}
     train_lambdas = None
+    once_for_all = True
 
     def layers(self):
         self.factory = ConditionedLayers(noisy=True)

@@ -63,6 +63,7 @@ class OAT(Method):
     defaults = {"train_attack": "pgd7"}
     options = {"encoding": ("rand", "onehot", "dct", "scalar")}
     train_lambdas = None
+    once_for_all = True
     widths: tuple[float, ...] = ()  # slimmable widths (OATS); none: one plain network
 
     def __init__(self, *args, **kwargs):
@@ -77,14 +78,20 @@ class OAT(Method):
         self.factory = ConditionedLayers(film_dim=d, widths=self.widths)
         return self.factory
 
+    def check_lambda(self, lam):
+        super().check_lambda(lam)
+        if self.table is not None and min(abs(lam - v) for v in LAMBDAS) > 1e-6:
+            raise LambenchError(f"{self.name} with encoding {self.opts['encoding']} only knows lambda in {LAMBDAS}, "
+                                f"not {lam}; use --opt encoding=scalar for other values")
+        return lam
+
     def encode(self, lams: torch.Tensor) -> torch.Tensor:
         if self.table is None:
             return lams[:, None].float()
+        for lam in lams.tolist():
+            self.check_lambda(lam)
         grid = torch.tensor(LAMBDAS, device=lams.device)
         hit = (lams[:, None] - grid).abs() < 1e-6
-        if not hit.any(1).all():
-            raise LambenchError(f"oat with encoding {self.opts['encoding']} only knows lambda in {LAMBDAS}; "
-                                f"use --opt encoding=scalar for other values")
         return self.table.to(lams.device)[hit.float().argmax(1)]
 
     def lookup(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

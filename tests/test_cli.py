@@ -32,6 +32,10 @@ def test_unknown_method_real_cli(tmp_path):
     (["--eps", "8/0"], "cannot read"),
     (["--subset", "0"], "--subset"),
     (["--clean-floor", "80"], "--clean-floor"),
+    (["--lambdas", "0,1.5"], "outside [0, 1]"),
+    (["--lambdas", ","], "--lambdas is empty"),
+    (["--methods", "oat", "--lambdas", "0,0.5"], "--opt encoding=scalar"),
+    (["--opt", "encoding=scalar"], "no method of this run has option encoding"),
     (["--executor", "slurm"], "sbatch"),
     (["--executor", "submitit-local", "--slurm-time", "0"], "--slurm-time"),
 ])
@@ -104,3 +108,27 @@ def test_help_lists_methods_and_presets(capsys):
 def test_usage_errors_are_one_line(capsys, argv, expected):
     code, err = _main(capsys, *argv)
     assert code == 2 and err.count("\n") == 0 and expected in err
+
+
+def test_lambdas_rescore_a_once_for_all_model_and_options_go_to_the_methods_that_have_them(capsys, tmp_path):
+    """--lambdas scores OAT (scalar encoding) at lambdas it was not trained at; pgd_at, a dedicated model,
+    keeps its own lambda and does not get OAT's --opt; a new --lambdas re-evaluates without retraining."""
+    import pandas as pd
+    from harness.store import read_json
+    base = ["--methods", "oat,pgd_at", "--opt", "encoding=scalar", "--out", str(tmp_path), "--run", "r",
+            "--epochs", "1", "--subset", "128", "--eval-n", "60", "--aa", "off", "--checks", "off",
+            "--complexity", "off", "--no-report", "--no-progress"]
+    code, err = _main(capsys, *base, "--lambdas", "0,0.25,0.5,0.75,1")
+    assert code == 0, err
+    rows = pd.read_csv(tmp_path / "r" / "results.csv")
+    acc = rows[rows.metric == "clean_acc"]
+    assert sorted(acc[acc.method == "oat"]["lambda"]) == [0, 0.25, 0.5, 0.75, 1]
+    assert list(acc[acc.method == "pgd_at"]["lambda"]) == [1]
+    assert read_json(tmp_path / "r" / "pgd_at-digits-small_cnn-s0-tl1" / "config.json")["train"]["options"] == {}
+    checkpoint = tmp_path / "r" / "oat-digits-small_cnn-s0" / "checkpoint.pt"
+    trained = checkpoint.stat().st_mtime_ns
+    code, err = _main(capsys, *base, "--lambdas", "0.1,0.9")
+    assert code == 0, err
+    acc = pd.read_csv(tmp_path / "r" / "results.csv").query("metric == 'clean_acc' and method == 'oat'")
+    assert sorted(acc["lambda"]) == [0.1, 0.9]
+    assert checkpoint.stat().st_mtime_ns == trained, "a new evaluation grid must not retrain"

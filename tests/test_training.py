@@ -238,3 +238,34 @@ def test_no_training_step_waits_for_the_device():
         assert sum(ops.values()) > 50
         syncs = {op: n for op, n in ops.items() if op in ("_local_scalar_dense", "nonzero", "equal", "is_nonzero")}
         assert not syncs, f"{name}: {syncs}"
+
+
+def test_a_stopped_evaluation_resumes_at_the_lambda_it_was_scoring(tmp_path, monkeypatch):
+    """Evaluation stopped after three of FLOAT's eleven lambdas (say the job was preempted): the rerun scores
+    only the other eight, and every lambda's figures equal those of an evaluation never stopped."""
+    import run_all
+    from harness import evaluate
+    args = ["--methods", "float", "--epochs", "1", "--subset", "128", "--eval-n", "40", "--aa", "off",
+            "--checks", "off", "--complexity", "off", "--no-report", "--no-progress"]
+    real, scored = evaluate._score_lambda, []
+
+    def stop_after_three(method, model, forward, lam, *rest):
+        if len(scored) == 3:
+            raise KeyboardInterrupt
+        scored.append(lam)
+        return real(method, model, forward, lam, *rest)
+
+    monkeypatch.setattr(evaluate, "_score_lambda", stop_after_three)
+    assert run_all.main(args + ["--out", str(tmp_path / "a")]) == 130  # interrupted
+    job = tmp_path / "a" / "smoke" / "float-digits-small_cnn-s0"
+    assert len(list((job / "partial").glob("*.json"))) == 3 and not (job / "rows.csv").exists()
+    scored.clear()
+    monkeypatch.setattr(evaluate, "_score_lambda", lambda *a: scored.append(a[3]) or real(*a))
+    assert run_all.main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert scored == [i / 10 for i in range(3, 11)], "only the lambdas not scored before"
+    assert not (job / "partial").exists()
+    assert run_all.main(args + ["--out", str(tmp_path / "b")]) == 0  # the same job, never stopped
+    resumed, whole = (pd.read_csv(tmp_path / d / "smoke" / "results.csv").dropna(subset=["lambda"]) for d in "ab")
+    key = ["lambda", "metric", "attack"]
+    pd.testing.assert_frame_equal(resumed.sort_values(key)[key + ["value"]].reset_index(drop=True),
+                                  whole.sort_values(key)[key + ["value"]].reset_index(drop=True))

@@ -23,7 +23,8 @@ def test_adversarial_training_beats_standard_training(tmp_path):
     attack (pgd_at at lambda=0), on real data, while all keep high clean accuracy."""
     cfg = from_preset("smoke")
     cfg = type(cfg)(**{**cfg.__dict__, "methods": ("pgd_at", "fast_at"), "train_lambdas": (0.0, 1.0),
-                       "out": str(tmp_path), "progress": False, "eval": replace(cfg.eval, aa="off")})
+                       "out": str(tmp_path), "progress": False,
+                       "eval": replace(cfg.eval, aa="off", checks=False, complexity=False)})  # not tested here
     table = run(cfg, log=lambda *_: None)
     acc = table[table.metric.isin(["clean_acc", "pgd_acc"])].pivot_table(
         index="job", columns="metric", values="value")
@@ -50,7 +51,8 @@ def test_kill_and_resume(tmp_path):
     """SIGKILL during the second job; rerunning skips the first job and resumes the second from its last
     finished epoch, so every epoch appears exactly once."""
     args = [sys.executable, str(ROOT / "run_all.py"), "--methods", "pgd_at", "--train-lambdas", "0,1",
-            "--epochs", "12", "--out", str(tmp_path), "--no-progress", "--aa", "off", "--no-report"]
+            "--epochs", "12", "--out", str(tmp_path), "--no-progress", "--aa", "off", "--no-report",
+            "--checks", "off", "--complexity", "off"]
     first = tmp_path / "smoke" / "pgd_at-digits-small_cnn-s0-tl0"
     second = tmp_path / "smoke" / "pgd_at-digits-small_cnn-s0-tl1"
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -15,6 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _groups(keys: list) -> dict:
+    """Indices of equal keys, by key, in first-seen order: the layers one batched kernel can serve."""
+    return {k: [i for i, v in enumerate(keys) if v == k] for k in dict.fromkeys(keys)}
+
+
 class FiLMBank:
     """Every FiLM of one model computed together, once per forward pass, from the shared encoding: one
     matrix product for all first layers, one batched product per group of equally wide second layers.
@@ -25,9 +30,8 @@ class FiLMBank:
         self.films, self.cond = films, cond
         for i, f in enumerate(films):
             f.slot = i
-        widths = [f.mlp[2].out_features for f in films]
-        self.groups = {w: [i for i, v in enumerate(widths) if v == w] for w in dict.fromkeys(widths)}
-        self.widths = widths
+        self.widths = [f.mlp[2].out_features for f in films]
+        self.groups = _groups(self.widths)
 
     def __call__(self, module, inputs) -> None:
         films, enc = self.films, self.cond.enc
@@ -63,12 +67,40 @@ def _shaped_like(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return v.as_strided(t.shape, t.stride()) if _dense(t) else v.view(t.shape)
 
 
+def noise_groups(convs: list) -> dict:
+    """Noisy convolutions grouped by weight size and whether their noise is masked."""
+    return _groups([(c.weight.numel(), bool(c.paths) and c.mask_noise) for c in convs])
+
+
+def noisy_weights(convs: list, noise: float, path: str | None = None, groups: dict | None = None) -> list:
+    """The weight of each of ``convs`` for one pass, W~ = W' + alpha * noise * std(W') * eta, W' the weight
+    masked for ``path`` (``CondConv2d.masked_weight``), eta ~ N(0, 1), times the noise mask where there is
+    one; std and eta carry no gradient. One ``randn`` for all, one stacked ``std`` and product per group of
+    ``groups`` (``noise_groups(convs)``), one fused multiply-add per convolution, so alpha gets its gradient."""
+    groups = noise_groups(convs) if groups is None else groups
+    bases = [c.masked_weight(path) for c in convs]
+    ref = bases[0]
+    eta = torch.randn(sum(b.numel() for b in bases), device=ref.device, dtype=ref.dtype)
+    out: list = [None] * len(convs)
+    offset = 0
+    for (n, _), idx in groups.items():
+        block = eta[offset:offset + n * len(idx)].view(len(idx), n)
+        offset += n * len(idx)
+        std = torch.stack([_flat(bases[i].detach()) for i in idx]).std(dim=1, keepdim=True)
+        block = block * std
+        masks = [convs[i].noise_mask(path) for i in idx]
+        if masks[0] is not None:
+            block = block * torch.stack([_flat(m) for m in masks])
+        alphas = (torch.stack([convs[i].alpha for i in idx]) * noise).unbind()  # one backward node, not G
+        for i, eta_i, a in zip(idx, block.unbind(), alphas):
+            out[i] = torch.addcmul(bases[i], _shaped_like(eta_i, bases[i]), a)
+    return out
+
+
 class NoiseBank:
     """The noisy weights of every noisy ``CondConv2d`` of one model, drawn together once per forward pass:
-    W~ = W' + alpha * lambda * std(W') * eta with W' the (masked) weight and eta ~ N(0, 1), exactly as each
-    convolution draws its own (``CondConv2d.effective_weight``). One ``randn`` for every convolution, then
-    per group of equally sized weights one stacked ``std`` and one product; per convolution one fused
-    multiply-add, ``addcmul(W', eta * std, alpha * lambda)``, so alpha gets its gradient as before.
+    ``noisy_weights`` over all of them, where a convolution on its own (``CondConv2d.effective_weight``)
+    calls it for itself alone.
 
     Installed as a forward pre-hook and a forward hook of the model: a pass opens the bank, the first noisy
     convolution that runs draws every convolution's weight (inside its own forward, so the complexity
@@ -80,8 +112,7 @@ class NoiseBank:
         self.active, self.weights = False, None
         for i, c in enumerate(convs):
             c.slot, c.bank = i, self
-        keys = [(c.weight.numel(), bool(c.paths) and c.mask_noise) for c in convs]  # size, masked noise
-        self.groups = {k: [i for i, v in enumerate(keys) if v == k] for k in dict.fromkeys(keys)}
+        self.groups = noise_groups(convs)
 
     def open(self, module, inputs) -> None:
         self.active, self.weights = True, None
@@ -92,28 +123,8 @@ class NoiseBank:
     def weight(self, conv) -> torch.Tensor:
         """``conv``'s noisy weight for this pass (all of them drawn at the first call)."""
         if self.weights is None:
-            self.weights = self._draw(conv.cond.noise)
+            self.weights = noisy_weights(self.convs, conv.cond.noise, groups=self.groups)
         return self.weights[conv.slot]
-
-    def _draw(self, noise: float) -> list[torch.Tensor]:
-        convs = self.convs
-        bases = [c.masked_weight() for c in convs]
-        ref = bases[0]
-        eta = torch.randn(sum(b.numel() for b in bases), device=ref.device, dtype=ref.dtype)
-        out: list = [None] * len(convs)
-        offset = 0
-        for (n, _), idx in self.groups.items():
-            block = eta[offset:offset + n * len(idx)].view(len(idx), n)
-            offset += n * len(idx)
-            std = torch.stack([_flat(bases[i].detach()) for i in idx]).std(dim=1, keepdim=True)
-            block = block * std
-            masks = [convs[i].noise_mask() for i in idx]
-            if masks[0] is not None:
-                block = block * torch.stack([_flat(m) for m in masks])
-            alphas = (torch.stack([convs[i].alpha for i in idx]) * noise).unbind()  # one backward node, not G
-            for i, eta_i, a in zip(idx, block.unbind(), alphas):
-                out[i] = torch.addcmul(bases[i], _shaped_like(eta_i, bases[i]), a)
-        return out
 
 
 def attach_banks(model: nn.Module, films: list, noisy_convs: list, cond) -> nn.Module:

@@ -26,9 +26,9 @@ weight noise at this lambda, one FLOP per output element: FiLM's ``h * scale + s
 once, is counted by the default formulas) and building the noisy weight
 ``W + alpha * lambda * eta``, ``eta = randn * std(W)`` (with the mask products ``W * M``, ``eta * M`` of a
 masked noisy convolution; a model's ``NoiseBank`` draws every convolution's noise inside the first noisy
-convolution's forward, so all of it is counted there). Not counted: drawing the random numbers, ``std``, the LeakyReLU, and the mask
-product of a convolution without noise (a deployment stores ``W * M``). Noise and the FiLM MLP are per
-forward pass, so at batch 1 one image pays all of it. Masked convolutions are counted dense (the counter
+convolution's forward, so all of it is counted there). Not counted: drawing the random numbers, ``std``, the
+LeakyReLU, and the mask product of a convolution without noise (a deployment stores ``W * M``). Noise and
+the FiLM MLP are per forward pass, so at batch 1 one image pays all of it. Masked convolutions are counted dense (the counter
 sees a dense kernel); ``nonzero_params`` shows the sparsity.
 
 Timing: latency at batch 1 and throughput at batch 256 (the test images, repeated if fewer), after

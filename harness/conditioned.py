@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .banks import attach_banks
+from .banks import attach_banks, noisy_weights
 from .layers import LayerFactory
 
 ALL = 1 << 62  # "every row" for Condition.n_clean
@@ -133,15 +133,10 @@ class CondConv2d(nn.Conv2d):
 
     def effective_weight(self, path: str | None = None) -> torch.Tensor:
         """This convolution's weight for one pass, computed on its own (a model's ``NoiseBank`` computes
-        every noisy convolution's at once, drawn the same way)."""
-        w = self.masked_weight(path)
+        every noisy convolution's at once, by the same ``noisy_weights``)."""
         if self.noisy and self.cond.noise:
-            eta = torch.randn_like(w) * w.detach().std()
-            mask = self.noise_mask(path)
-            if mask is not None:
-                eta = eta * mask
-            w = torch.addcmul(w, eta, self.alpha * self.cond.noise)
-        return w
+            return noisy_weights([self], self.cond.noise, path)[0]
+        return self.masked_weight(path)
 
     def forward(self, x):
         k = min(self.cond.n_clean, len(x))
@@ -149,7 +144,7 @@ class CondConv2d(nn.Conv2d):
             clean, adv = x.split([k, len(x) - k])
             return torch.cat([self._conv_forward(clean, self.effective_weight("clean"), self.bias),
                               self._conv_forward(adv, self.effective_weight("adv"), self.bias)])
-        if self.bank is not None and self.bank.active and self.noisy and self.cond.noise:
+        if self.bank is not None and self.bank.active and self.cond.noise:  # a bank serves noisy convs only
             return self._conv_forward(x, self.bank.weight(self), self.bias)
         return self._conv_forward(x, self.effective_weight(), self.bias)
 

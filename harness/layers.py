@@ -33,6 +33,10 @@ class LayerFactory:
     def begin_stage(self, index: int, num_stages: int) -> None:
         self.stage, self.num_stages = index, num_stages
 
+    def attach(self, model: nn.Module) -> nn.Module:
+        """Called with the finished model (a factory may install per-model hooks); plain layers need none."""
+        return model
+
     def conv(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int | None = None,
              bias: bool = False) -> nn.Module:
         pad = kernel // 2 if padding is None else padding

@@ -104,7 +104,7 @@ class Method:
     def build_model(self, arch: str, info) -> nn.Module:
         layers = self.layers()
         model = build_model(arch, info, layers)
-        return layers.attach(model) if hasattr(layers, "attach") else model
+        return layers.attach(model)
 
     # --- training ----------------------------------------------------------------------------------------
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):

@@ -37,6 +37,11 @@ VIEWS = {"alias", "as_strided", "chunk", "detach", "empty", "empty_like", "empty
          "transpose", "unbind", "unsqueeze", "view", "_reshape_alias", "_unsafe_view", "lift_fresh"}
 
 
+def synthetic(size: int) -> DatasetInfo:
+    """CIFAR-shaped data: 10 classes, 3 channels, ``size`` pixels square, eps 8/255, pad 4 and flips."""
+    return DatasetInfo("synthetic", 10, 3, size, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26), 8 / 255, 4, True)
+
+
 class OpCounter(TorchDispatchMode):
     """Counts the operators dispatched while active, by name (``aten.`` dropped), views left out."""
 
@@ -51,13 +56,14 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_ops(method_name: str, arch: str, device: torch.device, batch_size: int = 8, size: int = 32) -> collections.Counter:
+def count_ops(method_name: str, arch: str, device: torch.device, batch_size: int = 8,
+              size: int = 32) -> collections.Counter:
     """Operators dispatched by one training step of ``method_name`` (after one untimed step), views left out.
     The count does not depend on the batch size."""
     torch.manual_seed(0)
     cls = get_method(method_name)
-    method = cls(TrainConfig(**{**cls.defaults, "batch_size": batch_size}), 8 / 255)
-    info = DatasetInfo("synthetic", 10, 3, size, (0.5,) * 3, (0.25,) * 3, 8 / 255, 4, True)
+    info = synthetic(size)
+    method = cls(TrainConfig(**{**cls.defaults, "batch_size": batch_size}), info.eps)
     model = method.build_model(arch, info).to(device).train()
     x, y = torch.rand(batch_size, 3, size, size, device=device), torch.randint(0, 10, (batch_size,), device=device)
     for counting in (False, True):
@@ -71,7 +77,7 @@ def count_ops(method_name: str, arch: str, device: torch.device, batch_size: int
 def bench(method_name: str, arch: str, batch_size: int, iters: int, device: torch.device, attack: str | None,
           precision: str = "auto", size: int = 32, seed: int = 0, compile: str = "off") -> dict:
     torch.manual_seed(seed)
-    info = DatasetInfo("synthetic", 10, 3, size, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26), 8 / 255, 4, True)
+    info = synthetic(size)
     n = batch_size * iters
     x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
     y = torch.randint(0, 10, (n,), device=device)

@@ -113,14 +113,16 @@ def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: 
     for lam in grid:
         part = partial.get(variant, lam) if partial else None
         with method.configure(model, lam) as forward:
+            # the entries used at this lambda: its nonzero_params, and with the others what a deployment stores
+            used = complexity.used_masks(forward, model, x_img[:1]) if measure else None
             if part is None:
-                part = _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed, bar, measure)
+                part = _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed, bar, x_img, used)
                 if partial:
                     partial.put(variant, lam, part)
             else:  # scored before this evaluation was stopped
                 bar.update(steps(lam))
-            if measure:  # the entries used at every lambda, for what a deployment stores
-                stored = complexity.union(stored, complexity.used_masks(forward, model, x_img[:1]))
+        if measure:
+            stored = complexity.union(stored, used)
         rows += part
     if measure:
         rows += [{"lambda": NAN, "metric": "params", "value": complexity.params(model), "attack": "", "n": NAN},
@@ -130,8 +132,9 @@ def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: 
     return rows
 
 
-def _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed, bar, measure) -> list[dict]:
-    """The rows of one lambda, ``forward`` being the model configured for it."""
+def _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed, bar, x_img, used) -> list[dict]:
+    """The rows of one lambda, ``forward`` being the model configured for it; complexity rows where the
+    entries it uses (``used``, from ``complexity.used_masks``) are given, measured on ``x_img``."""
     rows = []
 
     def row(metric, value, attack="", n=len(x), **extra):
@@ -162,11 +165,10 @@ def _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed
         bar.update(1)
     if n_chk:
         rows.extend(_check_rows(lam, forward, sub, base, cfg, eps, seed, method.is_random(lam), bar))
-    if measure:
-        x1 = x[:1].float() / 255
-        row("nonzero_params", complexity.count(complexity.used_masks(forward, model, x1)), n=NAN)
-        row("macs", complexity.macs(forward, model, x1), n=1)
-        cost = complexity.inference_cost(forward, x[: max(1, min(len(x), 256))].float() / 255)
+    if used is not None:
+        row("nonzero_params", complexity.count(used), n=NAN)
+        row("macs", complexity.macs(forward, model, x_img[:1]), n=1)
+        cost = complexity.inference_cost(forward, x_img)
         row("infer_latency_ms", cost["infer_latency_ms"], n=1, precision="fp32")
         row("infer_throughput", cost["infer_throughput"], n=256, precision="fp32")
         row("infer_peak_mem_mb", cost["infer_peak_mem_mb"], n=256, precision="fp32")

@@ -65,16 +65,16 @@ def assemble(run_dir: Path) -> pd.DataFrame:
 class PartialRows:
     """The rows of each (variant, lambda) an evaluation has finished, one JSON file each in ``folder``, kept
     with the settings they were computed under and reused only under the same ones: an evaluation that is
-    stopped (preempted, killed, out of time) resumes at the lambda it was scoring. ``folder`` None: no cache."""
+    stopped (preempted, killed, out of time) resumes at the lambda it was scoring."""
 
-    def __init__(self, folder: Path | None, settings: dict):
-        self.folder, self.settings = (Path(folder) if folder else None), json.loads(json.dumps(settings))
+    def __init__(self, folder: Path, settings: dict):
+        self.folder, self.settings = Path(folder), json.loads(json.dumps(settings))
 
     def _path(self, variant: str, lam: float) -> Path:
         return self.folder / f"{variant or 'model'}-lambda{lam:g}.json"
 
     def get(self, variant: str, lam: float) -> list[dict] | None:
-        if self.folder is None or not self._path(variant, lam).exists():
+        if not self._path(variant, lam).exists():
             return None
         try:
             saved = read_json(self._path(variant, lam))
@@ -83,5 +83,4 @@ class PartialRows:
         return saved["rows"] if saved.get("settings") == self.settings else None
 
     def put(self, variant: str, lam: float, rows: list[dict]) -> None:
-        if self.folder is not None:
-            write_json(self._path(variant, lam), {"settings": self.settings, "rows": rows})
+        write_json(self._path(variant, lam), {"settings": self.settings, "rows": rows})

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .attacks import frozen
+
 VERSIONS = ("standard", "rand")
 _LOGGER = "auto-attack"  # the logger pyautoattack reports through
 
@@ -90,18 +92,6 @@ class _Capture(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-@contextlib.contextmanager
-def _frozen(params):
-    flags = [(p, p.requires_grad) for p in params]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
 def _reset_dynamic_check(pkg_name: str) -> None:
     """Both packages count traced calls for their "dynamic defence" check in a module-level dict that is
     never reset, so one flagged model would flag every later one; start each run from zero."""
@@ -148,7 +138,7 @@ def run_autoattack(forward, x: torch.Tensor, y: torch.Tensor, eps: float, versio
             stack.enter_context(contextlib.redirect_stdout(out))
             caught = stack.enter_context(warnings.catch_warnings(record=True))
             warnings.simplefilter("always")
-            stack.enter_context(_frozen(params))
+            stack.enter_context(frozen(params))
             stack.enter_context(torch.autocast(x.device.type, enabled=False))
             aa = AutoAttack(wrapped, **kwargs)
             if not official:

@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from harness.attacks import AttackSpec, Forward, parse_attack
+from harness.attacks import AttackSpec, Forward, frozen, parse_attack
 from harness.config import TrainConfig, check_lambda
 from harness.errors import LambenchError
 from harness.layers import LayerFactory
@@ -113,8 +113,9 @@ class Method:
         raise NotImplementedError
 
     def craft(self, forward: Forward, model: nn.Module, x, y):
-        """The training attack, crafted in eval mode on ``forward`` (last iterate, no gradients on weights)."""
-        with eval_mode(model):
+        """The training attack, crafted in eval mode on ``forward`` (last iterate; weights frozen meanwhile,
+        so no gradient is computed for them, compiled or not)."""
+        with eval_mode(model), frozen(model.parameters()):
             return self.attack(forward, x, y, self.eps, self.cfg.attack_step, keep_best=False)
 
     def begin_epoch(self, model: nn.Module, epoch: int) -> None:

@@ -306,3 +306,28 @@ def test_undefended_model_loses_accuracy_under_pgd():
     assert clean >= 0.97
     assert small >= 0.9            # a tiny budget cannot flip well-separated data
     assert large <= 0.1 and large < clean - 0.5
+
+
+def test_frozen_weights_come_back_with_their_own_flags_even_after_an_error():
+    net = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
+    net[1].bias.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="inside"):
+        with attacks.frozen(net.parameters()):
+            assert not any(p.requires_grad for p in net.parameters())
+            raise RuntimeError("inside")
+    assert [p.requires_grad for p in net.parameters()] == [True, True, True, False]
+
+
+def test_the_training_attack_runs_on_frozen_weights_and_leaves_them_trainable():
+    """What keeps a compiled attack from computing every weight's gradient (see ``attacks.frozen``)."""
+    from harness.config import TrainConfig
+    from harness.data import DatasetInfo
+    from methods import get_method
+    info = DatasetInfo("c", 10, 3, 8, (0.5,) * 3, (0.25,) * 3, 8 / 255, 0, False)
+    method = get_method("pgd_at")(TrainConfig(train_attack="pgd2"), 8 / 255)
+    model = method.build_model("small_cnn", info).train()
+    seen = []
+    model.register_forward_pre_hook(lambda m, _: seen.append((m.training, any(p.requires_grad for p in m.parameters()))))
+    loss, _, _ = method.train_step(model, torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,)))
+    assert seen == [(False, False)] * 2 + [(True, True)]  # two attack steps in eval mode, then training
+    assert loss.requires_grad and all(p.requires_grad for p in model.parameters())

@@ -195,16 +195,28 @@ def test_compile_flag_reaches_the_training_config(tmp_path):
 @pytest.mark.parametrize("name, graphs_expected", [("pgd_at", 2), ("fast_at", 2), ("oat", 3), ("float", 3), ("floats", 3),
                                         ("smart", 3), ("oats", 9)])
 def test_compiled_training_step_settles_on_few_graphs(name, graphs_expected):
-    """What ``--compile`` costs in compilations: dynamo (eager backend, so no compiler is needed here)
-    captures each method's training step in at most three graphs (train and eval mode; the conditioned
-    methods also one per row split of the dual BN; OATS three per width), none more after the first step,
-    and the compiled step computes the very losses of the plain one (FLOAT's noise included)."""
+    """What ``--compile`` costs in compilations: dynamo and AOTAutograd (no inductor, so no compiler is
+    needed here) capture each method's training step in at most three graphs (train and eval mode; the
+    conditioned methods also one per row split of the dual BN; OATS three per width), none more after the
+    first step, and the compiled step computes the very losses of the plain one (FLOAT's noise included).
+    The attack's compiled backward computes no weight gradient: a compiled backward returns every
+    trainable input's gradient, whatever ``autograd.grad`` asked for, unless the weights are frozen."""
     import torch._dynamo as dynamo
     from torch._dynamo.utils import counters
     from harness.config import TrainConfig
     from harness.data import DatasetInfo
     from harness.train import compiled
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
     info = DatasetInfo("c", 10, 3, 16, (0.5,) * 3, (0.25,) * 3, 8 / 255, 2, True)
+    weight_grads = []  # per compiled backward graph: its convolutions that compute a weight gradient
+
+    def backward_compiler(gm, _):
+        conv_bw = [n for n in gm.graph.nodes if n.target is torch.ops.aten.convolution_backward.default]
+        weight_grads.append(sum(bool(n.args[-1][1]) for n in conv_bw))
+        return make_boxed_func(gm.forward)
+
+    aot = aot_autograd(fw_compiler=lambda gm, _: make_boxed_func(gm.forward), bw_compiler=backward_compiler)
 
     def losses(backend):
         dynamo.reset()
@@ -225,9 +237,14 @@ def test_compiled_training_step_settles_on_few_graphs(name, graphs_expected):
         return out, graphs
 
     eager, _ = losses(None)
-    out, graphs = losses("eager")
+    out, graphs = losses(aot)
     assert graphs[0] == graphs_expected and graphs[-1] == graphs[0], graphs  # oats: all nine, none left uncompiled
     assert out == pytest.approx(eager, rel=1e-5)
+    n_conv = sum(isinstance(m, torch.nn.Conv2d) for m in get_method(name)(TrainConfig(), 8 / 255)
+                 .build_model("small_cnn", info).modules())
+    # the training pass's graphs compute every convolution's weight gradient (SMART's two-path ones twice),
+    # the attack's none
+    assert 0 in weight_grads and all(w >= n_conv for w in weight_grads if w), weight_grads
 
 
 def test_no_training_step_waits_for_the_device():

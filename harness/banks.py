@@ -6,9 +6,13 @@ many small kernels per layer (an MLP per FiLM; std, randn, two products and a su
 Each bank replaces those per-layer kernels by a few per group of equally sized layers. Same parameters,
 same state dict, same numbers (FiLM up to the order of float additions; the noise from the same
 distribution, drawn in one call). ``ConditionedLayers.attach`` installs them as hooks on the model; a
-layer used outside a model's forward pass computes its own.
+layer used outside a model's forward pass computes its own. Inside ``weights_fixed`` (a training step, one
+lambda's evaluation: spans in which no weight changes) the banks also keep what does not change from pass
+to pass: each weight's std, and FiLM's values for the passes without gradients (the attack's 7 PGD steps).
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -24,20 +28,45 @@ class FiLMBank:
     """Every FiLM of one model computed together, once per forward pass, from the shared encoding: one
     matrix product for all first layers, one batched product per group of equally wide second layers.
     A network with 33 FiLM sites (ResNet-34) then launches a few dozen small kernels per forward pass, not
-    hundreds. A forward pre-hook of the model; it leaves ``cond.film`` = [(scale, shift)] per FiLM."""
+    hundreds. Installed like ``NoiseBank``: the first FiLM of a pass computes every FiLM's (scale, shift)
+    inside its own forward (so a compiled forward computes them in its graph), the others take theirs.
+    Inside ``weights_fixed`` a pass without gradients (the attack's, evaluation's) reuses the values of the
+    last such pass with the very same encoding tensor."""
 
     def __init__(self, films: list, cond):
         self.films, self.cond = films, cond
         for i, f in enumerate(films):
-            f.slot = i
+            f.slot, f.bank = i, self
         self.widths = [f.mlp[2].out_features for f in films]
         self.groups = _groups(self.widths)
+        self.active, self.out = False, None
+        self.kept: dict | None = None  # {"key": (encoding, autocast), "out": [...]} while weights are fixed
 
-    def __call__(self, module, inputs) -> None:
-        films, enc = self.films, self.cond.enc
-        if enc is None:
-            self.cond.film = None
-            return
+    def open(self, module, inputs) -> None:
+        self.active, self.out = True, None
+
+    def close(self, module, inputs, output) -> None:
+        self.active, self.out = False, None
+
+    def scale_shift(self, film) -> tuple[torch.Tensor, torch.Tensor]:
+        """``film``'s (scale, shift) for this pass (every FiLM's computed at the first call)."""
+        if self.out is None:
+            self.out = self._kept_or_computed()
+        return self.out[film.slot]
+
+    def _kept_or_computed(self) -> list:
+        kept = None if torch.compiler.is_compiling() else self.kept  # in a graph: always computed
+        enc = self.cond.enc
+        grad = torch.is_grad_enabled() and (enc.requires_grad or self.films[0].mlp[0].weight.requires_grad)
+        if kept is None or grad:  # values with a gradient path serve their own pass only
+            return self.compute(enc)
+        key = (enc, torch.is_autocast_enabled())
+        if "key" not in kept or kept["key"][0] is not enc or kept["key"][1] != key[1]:
+            kept.update(key=key, out=self.compute(enc))
+        return kept["out"]
+
+    def compute(self, enc: torch.Tensor) -> list:
+        films = self.films
         first = [f.mlp[0] for f in films]
         hidden = F.leaky_relu(F.linear(enc, torch.cat([m.weight for m in first]), torch.cat([m.bias for m in first])))
         parts = hidden.split(self.widths, dim=1)
@@ -48,7 +77,7 @@ class FiLMBank:
                               torch.stack([m.weight for m in second]).transpose(1, 2))
             for i, yi in zip(idx, F.leaky_relu(y)):
                 out[i] = yi.chunk(2, dim=1)
-        self.cond.film = out
+        return out
 
 
 def _dense(t: torch.Tensor) -> bool:
@@ -72,13 +101,31 @@ def noise_groups(convs: list) -> dict:
     return _groups([(c.weight.numel(), bool(c.paths) and c.mask_noise) for c in convs])
 
 
-def noisy_weights(convs: list, noise: float, path: str | None = None, groups: dict | None = None) -> list:
+def noise_scales(bases: list, groups: dict, noise: float) -> torch.Tensor:
+    """noise * std(W') of each weight in ``bases``, in the order of ``groups``' indices (no gradient):
+    one stacked ``std`` per group."""
+    stds = [torch.stack([_flat(bases[i].detach()) for i in idx]).std(dim=1) for idx in groups.values()]
+    return (stds[0] if len(stds) == 1 else torch.cat(stds)) * noise
+
+
+def noisy_weights(convs: list, noise: float, path: str | None = None, groups: dict | None = None,
+                  kept: dict | None = None) -> list:
     """The weight of each of ``convs`` for one pass, W~ = W' + alpha * noise * std(W') * eta, W' the weight
     masked for ``path`` (``CondConv2d.masked_weight``), eta ~ N(0, 1), times the noise mask where there is
-    one; std and eta carry no gradient. One ``randn`` for all, one stacked ``std`` and product per group of
-    ``groups`` (``noise_groups(convs)``), one fused multiply-add per convolution, so alpha gets its gradient."""
+    one; std and eta carry no gradient. One ``randn`` for all, one stacked ``std`` per group of ``groups``
+    (``noise_groups(convs)``), one product for all alphas, one fused multiply-add per convolution, so alpha
+    gets its gradient. ``kept``: where the weights cannot change between calls (``weights_fixed``), a dict
+    that keeps the ``noise_scales`` from the first call for the next ones."""
     groups = noise_groups(convs) if groups is None else groups
     bases = [c.masked_weight(path) for c in convs]
+    key = (noise, path or convs[0].cond.path)
+    scales = None if kept is None else kept.get(key)
+    if scales is None:
+        scales = noise_scales(bases, groups, noise)
+        if kept is not None:
+            kept[key] = scales
+    order = [i for idx in groups.values() for i in idx]
+    scale = dict(zip(order, (torch.stack([convs[i].alpha for i in order]) * scales).unbind()))
     ref = bases[0]
     eta = torch.randn(sum(b.numel() for b in bases), device=ref.device, dtype=ref.dtype)
     out: list = [None] * len(convs)
@@ -86,14 +133,11 @@ def noisy_weights(convs: list, noise: float, path: str | None = None, groups: di
     for (n, _), idx in groups.items():
         block = eta[offset:offset + n * len(idx)].view(len(idx), n)
         offset += n * len(idx)
-        std = torch.stack([_flat(bases[i].detach()) for i in idx]).std(dim=1, keepdim=True)
-        block = block * std
         masks = [convs[i].noise_mask(path) for i in idx]
         if masks[0] is not None:
             block = block * torch.stack([_flat(m) for m in masks])
-        alphas = (torch.stack([convs[i].alpha for i in idx]) * noise).unbind()  # one backward node, not G
-        for i, eta_i, a in zip(idx, block.unbind(), alphas):
-            out[i] = torch.addcmul(bases[i], _shaped_like(eta_i, bases[i]), a)
+        for i, eta_i in zip(idx, block.unbind()):
+            out[i] = torch.addcmul(bases[i], _shaped_like(eta_i, bases[i]), scale[i])
     return out
 
 
@@ -110,6 +154,7 @@ class NoiseBank:
     def __init__(self, convs: list):
         self.convs = convs
         self.active, self.weights = False, None
+        self.kept: dict | None = None  # noise_scales kept while the weights are fixed (``weights_fixed``)
         for i, c in enumerate(convs):
             c.slot, c.bank = i, self
         self.groups = noise_groups(convs)
@@ -123,16 +168,40 @@ class NoiseBank:
     def weight(self, conv) -> torch.Tensor:
         """``conv``'s noisy weight for this pass (all of them drawn at the first call)."""
         if self.weights is None:
-            self.weights = noisy_weights(self.convs, conv.cond.noise, groups=self.groups)
+            # a compiled forward computes the scales in its graph: a kept tensor would be a graph constant
+            kept = None if torch.compiler.is_compiling() else self.kept
+            self.weights = noisy_weights(self.convs, conv.cond.noise, groups=self.groups, kept=kept)
         return self.weights[conv.slot]
+
+
+@contextmanager
+def weights_fixed(model: nn.Module):
+    """Declare that ``model``'s weights and masks do not change inside (one training step's passes, attack
+    and training; one lambda's accuracy and attacks): its noise bank then takes each convolution's std once,
+    not at every pass (std(W) carries no gradient, so the kept values serve passes with gradients too), and
+    its FiLM bank reuses (scale, shift) across passes without gradients on the same encoding. On leaving,
+    the kept values are dropped. Does nothing to a model without banks."""
+    banks = [b for b in (getattr(model, "noise_bank", None), getattr(model, "film_bank", None)) if b is not None]
+    before = [b.kept for b in banks]
+    for bank in banks:
+        bank.kept = {} if bank.kept is None else bank.kept  # an enclosing scope's values stay valid
+    try:
+        yield model
+    finally:
+        for bank, kept in zip(banks, before):
+            bank.kept = kept
 
 
 def attach_banks(model: nn.Module, films: list, noisy_convs: list, cond) -> nn.Module:
     """Give ``model`` a ``FiLMBank`` for ``films`` and a ``NoiseBank`` for ``noisy_convs`` (where any)."""
     if films:
-        model.register_forward_pre_hook(FiLMBank(films, cond))
+        bank = FiLMBank(films, cond)
+        model.film_bank = bank  # for ``weights_fixed`` (a plain attribute: not in the state dict)
+        model.register_forward_pre_hook(bank.open)
+        model.register_forward_hook(bank.close)
     if noisy_convs:
         bank = NoiseBank(noisy_convs)
+        model.noise_bank = bank  # for ``weights_fixed`` (a plain attribute: not in the state dict)
         model.register_forward_pre_hook(bank.open)
         model.register_forward_hook(bank.close)
     return model

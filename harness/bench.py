@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from methods import get_method
 
+from .banks import weights_fixed
 from .config import COMPILE_MODES, TrainConfig
 from .data import DatasetInfo, DeviceLoader
 from .errors import LambenchError
@@ -69,7 +70,8 @@ def count_ops(method_name: str, arch: str, device: torch.device, batch_size: int
     for counting in (False, True):
         model.zero_grad(set_to_none=True)  # as the loop does before every backward
         with OpCounter() if counting else contextlib.nullcontext() as counter:
-            loss, _, _ = method.train_step(model, x, y)
+            with weights_fixed(model):  # as the training loop runs a step
+                loss, _, _ = method.train_step(model, x, y)
             loss.backward()
     return counter.counts
 

@@ -24,8 +24,8 @@ multiplies, adds and subtractions executed inside every ``FiLM`` and inside ever
 weight noise at this lambda, one FLOP per output element: FiLM's ``h * scale + shift`` (one fused
 ``addcmul``: one MAC per activation; FiLM's MLP, which the model's ``FiLMBank`` computes for every FiLM at
 once, is counted by the default formulas) and building the noisy weight
-``W + alpha * lambda * eta``, ``eta = randn * std(W)`` (with the mask products ``W * M``, ``eta * M`` of a
-masked noisy convolution; a model's ``NoiseBank`` draws every convolution's noise inside the first noisy
+``W + (alpha * lambda * std(W)) * eta``, one fused multiply-add per weight (with the mask products ``W * M``,
+``eta * M`` of a masked noisy convolution; a model's ``NoiseBank`` draws every convolution's noise inside the first noisy
 convolution's forward, so all of it is counted there). Not counted: drawing the random numbers, ``std``, the
 LeakyReLU, and the mask product of a convolution without noise (a deployment stores ``W * M``). Noise and
 the FiLM MLP are per forward pass, so at batch 1 one image pays all of it. Masked convolutions are counted dense (the counter

@@ -25,7 +25,6 @@ class Condition:
     noise: float = 0.0                # weight-noise scale (FLOAT: lambda on the adversarial branch, else 0)
     path: str = "adv"                 # SMART: the mask path of a batch routed all one way (follows n_clean)
     width: float = 1.0                # OATS: the width of the slimmable network (slimmable.py)
-    film: list | None = None          # FiLMBank's (scale, shift) per FiLM for the current forward pass
 
     def set(self, clean: bool, enc=None, noise: float = 0.0, n_clean: int | None = None) -> "Condition":
         """Route every row clean (``clean``) or adversarial, or, with ``n_clean``, the first n_clean rows
@@ -64,12 +63,12 @@ class FiLM(nn.Module):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(d_in, 2 * channels), nn.LeakyReLU(), nn.Linear(2 * channels, 2 * channels))
         self.cond = cond
-        self.slot: int | None = None  # this layer's index in the bank's output (None: no bank)
+        self.bank, self.slot = None, None  # the model's FiLMBank, when attached, and this layer's index in it
 
     def scale_shift(self, h) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample (scale, shift) for ``h``'s channels: the bank's for this pass, else this layer's own."""
-        if self.slot is not None and self.cond.film is not None:
-            return self.cond.film[self.slot]
+        if self.bank is not None and self.bank.active:
+            return self.bank.scale_shift(self)
         return F.leaky_relu(self.mlp(self.cond.enc.to(h.dtype))).chunk(2, dim=1)
 
     def forward(self, h):

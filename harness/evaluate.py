@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from . import checks, complexity, distributed
 from .attacks import AttackSpec, parse_attack
 from .autoattack import AAResult, package, run_autoattack
+from .banks import weights_fixed
 from .config import EvalConfig
 from .data import Dataset, DeviceLoader
 from .errors import LambenchError
@@ -116,7 +117,10 @@ def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: 
             # the entries used at this lambda: its nonzero_params, and with the others what a deployment stores
             used = complexity.used_masks(forward, model, x_img[:1]) if measure else None
             if part is None:
-                part = _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed, bar, x_img, used)
+                with weights_fixed(model):  # accuracy and attacks (the cost rows pay every pass in full)
+                    part = _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed, bar)
+                if used is not None:
+                    part += _cost_rows(forward, model, lam, x_img, used)
                 if partial:
                     partial.put(variant, lam, part)
             else:  # scored before this evaluation was stopped
@@ -132,9 +136,9 @@ def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: 
     return rows
 
 
-def _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed, bar, x_img, used) -> list[dict]:
-    """The rows of one lambda, ``forward`` being the model configured for it; complexity rows where the
-    entries it uses (``used``, from ``complexity.used_masks``) are given, measured on ``x_img``."""
+def _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed, bar) -> list[dict]:
+    """The accuracy rows of one lambda (clean, attacks, sanity checks), ``forward`` being the model
+    configured for it."""
     rows = []
 
     def row(metric, value, attack="", n=len(x), **extra):
@@ -165,14 +169,20 @@ def _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed
         bar.update(1)
     if n_chk:
         rows.extend(_check_rows(lam, forward, sub, base, cfg, eps, seed, method.is_random(lam), bar))
-    if used is not None:
-        row("nonzero_params", complexity.count(used), n=NAN)
-        row("macs", complexity.macs(forward, model, x_img[:1]), n=1)
-        cost = complexity.inference_cost(forward, x_img)
-        row("infer_latency_ms", cost["infer_latency_ms"], n=1, precision="fp32")
-        row("infer_throughput", cost["infer_throughput"], n=256, precision="fp32")
-        row("infer_peak_mem_mb", cost["infer_peak_mem_mb"], n=256, precision="fp32")
     return rows
+
+
+def _cost_rows(forward, model, lam, x_img, used) -> list[dict]:
+    """The complexity rows of one lambda: ``used`` the entries it uses (``complexity.used_masks``), MACs and
+    timings measured on ``x_img``."""
+    macs = complexity.macs(forward, model, x_img[:1])
+    cost = complexity.inference_cost(forward, x_img)
+    fp32 = {"attack": "", "precision": "fp32"}
+    return [{"lambda": lam, "metric": "nonzero_params", "value": complexity.count(used), "attack": "", "n": NAN},
+            {"lambda": lam, "metric": "macs", "value": macs, "attack": "", "n": 1},
+            {"lambda": lam, "metric": "infer_latency_ms", "value": cost["infer_latency_ms"], "n": 1, **fp32},
+            {"lambda": lam, "metric": "infer_throughput", "value": cost["infer_throughput"], "n": 256, **fp32},
+            {"lambda": lam, "metric": "infer_peak_mem_mb", "value": cost["infer_peak_mem_mb"], "n": 256, **fp32}]
 
 
 def _autoattack(forward, model, x, y, eps, version, batch_size, seed):

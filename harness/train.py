@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
+from .banks import weights_fixed
 from .config import COMPILE_MODES, TrainConfig
 from .data import Dataset, DeviceLoader
 from .errors import LambenchError, TrainingDiverged
@@ -166,7 +167,7 @@ def _epoch(method, model, step, loader, opt, sched, cfg, device, precision, epoc
             x = x.contiguous(memory_format=torch.channels_last)
         if first_batch is None:
             first_batch = (x, y)
-        with autocast(precision, device):
+        with autocast(precision, device), weights_fixed(model):  # the weights change at opt.step() only
             loss, logits, targets = step(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -124,3 +124,67 @@ def test_one_noisy_pass_draws_once_and_takes_one_std_per_size():
     assert ops.calls["aten.randn"] == 1 and ops.calls["aten.randn_like"] == 0
     assert ops.calls["aten.std"] == len(sizes)
     assert ops.calls["aten.addcmul"] == len(convs)
+
+
+def test_fixed_weights_take_std_once_and_the_next_weights_their_own():
+    """Inside ``weights_fixed`` (one training step, one lambda's evaluation) the std of each weight is taken at
+    the first pass only; the noise is still drawn afresh, alpha still gets its gradient in a later pass with
+    gradients (after passes without, as the frozen attack runs), and weights changed after the scope get
+    noise from their own std."""
+    from methods.base import eval_mode
+    from harness.attacks import frozen
+    from harness.banks import weights_fixed
+    method, model, convs = _model()
+    used, grads = _capture(convs), {}
+    method.factory.cond.set(clean=False, noise=1.0)
+    model.train()
+    x = torch.rand(2, 3, 32, 32)
+    with weights_fixed(model), _Ops() as ops:
+        with eval_mode(model), frozen(model.parameters()):
+            model(x)
+            first = {c: used[c].detach() for c in convs}
+            model(x)
+        out = model(x)
+    assert ops.calls["aten.std"] == 11 and ops.calls["aten.randn"] == 3
+    assert all(not torch.equal(first[c], used[c]) for c in convs), "fresh noise at every pass"
+    for c in convs:
+        used[c].register_hook(lambda g, c=c: grads.__setitem__(c, g))
+    out.square().sum().backward()
+    for c in convs:
+        noise = ((used[c] - c.weight) / c.alpha).detach()
+        assert c.alpha.grad.item() == pytest.approx((grads[c] * noise).sum().item(), rel=1e-3, abs=1e-5)
+    assert model.noise_bank.kept is None, "nothing kept after the scope"
+    c = convs[5]
+    with torch.no_grad():
+        c.weight.mul_(100)
+        with weights_fixed(model):
+            draws = [((model(x), used[c])[1] - c.weight) / c.alpha for _ in range(3)]
+    assert torch.stack(draws).std().item() == pytest.approx(c.weight.std().item(), rel=0.05)
+
+
+@pytest.mark.parametrize("name", ["oat", "float", "floats", "smart"])
+def test_a_training_step_with_fixed_weights_gives_the_same_loss_and_gradients(name):
+    """What the training loop's ``weights_fixed`` keeps between passes (std for the noise; FiLM's values in
+    the attack) changes no number: the step's loss and every parameter's gradient are those of a step that
+    computes everything at every pass (same random draws)."""
+    import contextlib
+    import copy
+    from harness.banks import weights_fixed
+    torch.manual_seed(0)
+    method = get_method(name)(TrainConfig(train_attack="pgd3"), 8 / 255)
+    model = method.build_model("small_cnn", CIFAR).train()
+    x, y = torch.rand(12, 3, 32, 32), torch.randint(0, 10, (12,))
+    out, state = [], copy.deepcopy(model.state_dict())
+    for scope in (contextlib.nullcontext(), weights_fixed(model)):
+        model.load_state_dict(state)  # the first step moved the BN statistics the attack uses
+        torch.manual_seed(1)
+        model.zero_grad(set_to_none=True)
+        with scope:
+            loss, _, _ = method.train_step(model, x, y)
+        loss.backward()
+        out.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss0, g0), (loss1, g1) = out
+    assert loss1 == pytest.approx(loss0, rel=1e-6) and g0.keys() == g1.keys()
+    assert any("mlp" in n for n in g0) == (name == "oat") and any("alpha" in n for n in g0) == (name != "oat")
+    for n in g0:
+        assert torch.allclose(g0[n], g1[n], rtol=1e-4, atol=1e-6), n

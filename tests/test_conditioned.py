@@ -176,7 +176,7 @@ def test_film_bank_gives_each_film_its_own_numbers_and_gradients():
     oat = get_method("oat")(TrainConfig(), 8 / 255)
     model = oat.build_model("resnet34", CIFAR).train()
     films = [m for m in model.modules() if isinstance(m, FiLM)]
-    assert len(films) == 33 and all(f.slot is not None for f in films)
+    assert len(films) == 33 and all(f.bank is not None for f in films)
     x = torch.rand(6, 3, 32, 32)
     lam = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 1.0])
 
@@ -189,7 +189,7 @@ def test_film_bank_gives_each_film_its_own_numbers_and_gradients():
 
     banked, banked_grads = run()
     for f in films:
-        f.slot = None  # each FiLM on its own
+        f.bank = None  # each FiLM on its own
     alone, alone_grads = run()
     assert torch.allclose(banked, alone, atol=1e-5, rtol=1e-4)
     assert banked_grads.keys() == alone_grads.keys()

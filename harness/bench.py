@@ -4,6 +4,7 @@
   python -m harness.bench --methods pgd_at,oat,float --compile reduce-overhead       # with CUDA graphs
   python -m harness.bench --methods pgd_at,fast_at --arch preact_resnet18 --batch-size 512
   python -m harness.bench --methods pgd_at,oat,float --ops                            # kernels per step (any device)
+  python -m harness.bench --compile default --backend inductor --device cpu           # compiled, on a CPU
 
 Runs one warm-up epoch and then times whole epochs of ``harness.train``'s loop on CIFAR-shaped uint8 data kept
 on the device (content does not change the speed of a dense network). Prints device, precision, torch version,
@@ -77,7 +78,8 @@ def count_ops(method_name: str, arch: str, device: torch.device, batch_size: int
 
 
 def bench(method_name: str, arch: str, batch_size: int, iters: int, device: torch.device, attack: str | None,
-          precision: str = "auto", size: int = 32, seed: int = 0, compile: str = "off") -> dict:
+          precision: str = "auto", size: int = 32, seed: int = 0, compile: str = "off",
+          backend: str | None = None) -> dict:
     torch.manual_seed(seed)
     info = synthetic(size)
     n = batch_size * iters
@@ -97,7 +99,7 @@ def bench(method_name: str, arch: str, batch_size: int, iters: int, device: torc
     opt, sched = optimizer_for(model, cfg, cfg.epochs * len(loader))
     prec = precision_of(cfg, device)
     step = lambda x, y: method.train_step(model, x, y)  # noqa: E731  (one process: no DDP wrapper)
-    with compiled(model, compile, device):
+    with compiled(model, compile, device, backend):
         # warm-up epoch: cudnn autotuning, the allocator, and with --compile the compilation and graph capture
         warm = _epoch(method, model, step, loader, opt, sched, cfg, device, prec, 0, False)
         rec = _epoch(method, model, step, loader, opt, sched, cfg, device, prec, 1, False)
@@ -119,6 +121,8 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--compile", default="off", choices=COMPILE_MODES,
                    help="CUDA: torch.compile the forward (reduce-overhead: with CUDA graphs); default off")
+    p.add_argument("--backend", help="torch.compile backend (e.g. inductor): compiles on any device, the CPU "
+                                     "included (a check of what compilation does, not of CUDA graphs)")
     p.add_argument("--device", default="auto")
     p.add_argument("--ops", action="store_true", help="count the operators of one training step instead")
     args = p.parse_args(argv)
@@ -132,8 +136,9 @@ def main(argv=None) -> int:
                 print(f"{name:8s} {args.arch}: {sum(counts.values())} operators per training step ({top}, ...)")
                 continue
             r = bench(name, args.arch, args.batch_size, args.iters, device, args.attack, args.precision,
-                      compile=args.compile)
-            print(f"{r['method']:8s} {r['arch']} bs={r['batch_size']} {r['train_attack']} compile={r['compile']}: "
+                      compile=args.compile, backend=args.backend)
+            how = f"{r['compile']}/{args.backend}" if args.backend else r["compile"]
+            print(f"{r['method']:8s} {r['arch']} bs={r['batch_size']} {r['train_attack']} compile={how}: "
                   f"{r['images_per_s']:.1f} images/s ({r['iters']} iters, {r['seconds']:.2f}s) "
                   f"peak {r['peak_mem_mb']:.0f} MiB | {r['device']}, {r['precision']}, torch {r['torch']}")
     except LambenchError as exc:

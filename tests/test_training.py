@@ -288,3 +288,20 @@ def test_a_stopped_evaluation_resumes_at_the_lambda_it_was_scoring(tmp_path, mon
     key = ["lambda", "metric", "attack"]
     pd.testing.assert_frame_equal(resumed.sort_values(key)[key + ["value"]].reset_index(drop=True),
                                   whole.sort_values(key)[key + ["value"]].reset_index(drop=True))
+
+
+def test_the_bench_runs_compiled_on_the_cpu_with_a_named_backend(capsys):
+    """``python -m harness.bench --backend eager`` compiles the loop's forward on any device and says so."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+    from harness import bench
+    dynamo.reset()
+    counters.clear()
+    args = ["--methods", "pgd_at", "--arch", "small_cnn", "--batch-size", "4", "--iters", "2", "--attack", "pgd1",
+            "--compile", "default", "--backend", "eager", "--device", "cpu"]
+    try:
+        assert bench.main(args) == 0
+        assert counters["stats"]["unique_graphs"] == 2  # the attack's graph and the training pass's
+    finally:
+        dynamo.reset()
+    assert "compile=default/eager" in capsys.readouterr().out

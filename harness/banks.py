@@ -8,7 +8,7 @@ same state dict, same numbers (FiLM up to the order of float additions; the nois
 distribution, drawn in one call). ``ConditionedLayers.attach`` installs them as hooks on the model; a
 layer used outside a model's forward pass computes its own. Inside ``weights_fixed`` (a training step, one
 lambda's evaluation: spans in which no weight changes) the banks also keep what does not change from pass
-to pass: each weight's std, and FiLM's values for the passes without gradients (the attack's 7 PGD steps).
+to pass: each weight's std, and FiLM's values for the passes without gradients (attack steps, on frozen weights).
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ class FiLMBank:
     A network with 33 FiLM sites (ResNet-34) then launches a few dozen small kernels per forward pass, not
     hundreds. Installed like ``NoiseBank``: the first FiLM of a pass computes every FiLM's (scale, shift)
     inside its own forward (so a compiled forward computes them in its graph), the others take theirs.
-    Inside ``weights_fixed`` a pass without gradients (the attack's, evaluation's) reuses the values of the
-    last such pass with the very same encoding tensor."""
+    Inside ``weights_fixed`` a pass without gradients (the attacks' on frozen weights, clean evaluation's)
+    reuses the values of the last such pass with the very same encoding tensor."""
 
     def __init__(self, films: list, cond):
         self.films, self.cond = films, cond
@@ -60,8 +60,9 @@ class FiLMBank:
         grad = torch.is_grad_enabled() and (enc.requires_grad or self.films[0].mlp[0].weight.requires_grad)
         if kept is None or grad:  # values with a gradient path serve their own pass only
             return self.compute(enc)
-        key = (enc, torch.is_autocast_enabled())
-        if "key" not in kept or kept["key"][0] is not enc or kept["key"][1] != key[1]:
+        kind = enc.device.type  # the values' dtype follows this device's autocast
+        key = (enc, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+        if "key" not in kept or kept["key"][0] is not enc or kept["key"][1:] != key[1:]:
             kept.update(key=key, out=self.compute(enc))
         return kept["out"]
 

@@ -120,12 +120,15 @@ def main(argv=None) -> int:
     p.add_argument("--attack", help="training attack (default: the method's, pgd7 for pgd_at)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--compile", default="off", choices=COMPILE_MODES,
-                   help="CUDA: torch.compile the forward (reduce-overhead: with CUDA graphs); default off")
-    p.add_argument("--backend", help="torch.compile backend (e.g. inductor): compiles on any device, the CPU "
-                                     "included (a check of what compilation does, not of CUDA graphs)")
+                   help="CUDA (any device with --backend): torch.compile the forward (reduce-overhead: with CUDA "
+                        "graphs); default off")
+    p.add_argument("--backend", help="with --compile: the torch.compile backend (e.g. inductor, aot_eager), which "
+                                     "then compiles on any device, the CPU included")
     p.add_argument("--device", default="auto")
     p.add_argument("--ops", action="store_true", help="count the operators of one training step instead")
     args = p.parse_args(argv)
+    if args.backend and args.compile == "off":
+        p.error("--backend needs --compile (default or reduce-overhead)")
     try:
         device = resolve_device(args.device)
         torch.backends.cudnn.benchmark = True

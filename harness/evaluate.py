@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checks, complexity, distributed
-from .attacks import AttackSpec, parse_attack
+from .attacks import AttackSpec, frozen, parse_attack
 from .autoattack import AAResult, package, run_autoattack
 from .banks import weights_fixed
 from .config import EvalConfig
@@ -117,7 +117,9 @@ def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: 
             # the entries used at this lambda: its nonzero_params, and with the others what a deployment stores
             used = complexity.used_masks(forward, model, x_img[:1]) if measure else None
             if part is None:
-                with weights_fixed(model):  # accuracy and attacks (the cost rows pay every pass in full)
+                # accuracy and attacks on fixed, frozen weights (attacks differentiate the input only); the
+                # cost rows below pay every pass in full
+                with weights_fixed(model), frozen(model.parameters()):
                     part = _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed, bar)
                 if used is not None:
                     part += _cost_rows(forward, model, lam, x_img, used)
@@ -177,12 +179,12 @@ def _cost_rows(forward, model, lam, x_img, used) -> list[dict]:
     timings measured on ``x_img``."""
     macs = complexity.macs(forward, model, x_img[:1])
     cost = complexity.inference_cost(forward, x_img)
-    fp32 = {"attack": "", "precision": "fp32"}
-    return [{"lambda": lam, "metric": "nonzero_params", "value": complexity.count(used), "attack": "", "n": NAN},
-            {"lambda": lam, "metric": "macs", "value": macs, "attack": "", "n": 1},
-            {"lambda": lam, "metric": "infer_latency_ms", "value": cost["infer_latency_ms"], "n": 1, **fp32},
-            {"lambda": lam, "metric": "infer_throughput", "value": cost["infer_throughput"], "n": 256, **fp32},
-            {"lambda": lam, "metric": "infer_peak_mem_mb", "value": cost["infer_peak_mem_mb"], "n": 256, **fp32}]
+    row = lambda metric, value, n, **extra: {"lambda": lam, "metric": metric, "value": value, "attack": "", "n": n,  # noqa: E731
+                                             **extra}
+    return [row("nonzero_params", complexity.count(used), NAN), row("macs", macs, 1),
+            row("infer_latency_ms", cost["infer_latency_ms"], 1, precision="fp32"),
+            row("infer_throughput", cost["infer_throughput"], 256, precision="fp32"),
+            row("infer_peak_mem_mb", cost["infer_peak_mem_mb"], 256, precision="fp32")]
 
 
 def _autoattack(forward, model, x, y, eps, version, batch_size, seed):

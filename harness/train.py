@@ -62,7 +62,8 @@ def compiled(model, mode: str, device: torch.device, backend: str | None = None)
     """While training, ``model``'s forward compiled by ``torch.compile`` (``reduce-overhead``: with CUDA graphs,
     which remove the kernel-launch overhead that bounds small batches). CUDA only; on other devices, and for
     evaluation afterwards, the model runs its plain forward, so scores never depend on this setting.
-    ``backend`` (tests: ``"eager"``) replaces inductor and ``mode``, and then compiles on any device."""
+    ``backend`` (tests: ``"eager"``; ``harness.bench --backend``) names the compiler (``mode`` applies to
+    inductor only) and then compiles on any device."""
     if mode not in COMPILE_MODES:
         raise LambenchError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
     if mode == "off" or (device.type != "cuda" and backend is None):
@@ -72,7 +73,9 @@ def compiled(model, mode: str, device: torch.device, backend: str | None = None)
     # (FLOAT: half and whole batches); by default the second shape would recompile the graph with a symbolic
     # batch size, which CUDA graphs re-record per shape anyway. On a 2-core CPU (inductor, ResNet-34) this
     # cut FLOAT's first-step compilation from 330 s to 267 s.
-    how = {"backend": backend} if backend else {"mode": None if mode == "default" else mode}
+    how = {"mode": None if mode == "default" else mode}
+    if backend:  # the mode is inductor's
+        how = {"backend": backend, **(how if backend == "inductor" else {})}
     model.forward = torch.compile(model.forward, dynamic=False, **how)
     # OATS compiles one set of graphs per width (nine at three widths); dynamo's default limit of eight per
     # function would silently run the rest uncompiled

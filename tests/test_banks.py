@@ -188,3 +188,26 @@ def test_a_training_step_with_fixed_weights_gives_the_same_loss_and_gradients(na
     assert any("mlp" in n for n in g0) == (name == "oat") and any("alpha" in n for n in g0) == (name != "oat")
     for n in g0:
         assert torch.allclose(g0[n], g1[n], rtol=1e-4, atol=1e-6), n
+
+
+def test_fixed_weights_compute_film_once_for_passes_without_gradients():
+    """An attack's steps on frozen weights share one encoding: FiLM's MLP runs at the first step only, and
+    again once the encoding (or autocast) changes or the weights need their gradient."""
+    from harness.attacks import frozen
+    from harness.banks import weights_fixed
+    torch.manual_seed(0)
+    oat = get_method("oat")(TrainConfig(), 8 / 255)
+    model = oat.build_model("resnet34", CIFAR).eval()
+    x = torch.rand(2, 3, 32, 32)
+    oat.factory.cond.set(clean=False, enc=oat.encode(torch.tensor([0.4, 1.0])))
+    with weights_fixed(model), _Ops() as ops:
+        with frozen(model.parameters()):
+            for _ in range(3):
+                model(x)
+            first = ops.calls["aten.baddbmm"]
+            oat.factory.cond.set(clean=False, enc=oat.encode(torch.tensor([0.2, 0.3])))
+            model(x)
+            model(x)
+        model(x)  # trainable weights: computed for this pass
+    groups = len(model.film_bank.groups)  # one batched product per group of equally wide FiLMs
+    assert groups == 4 and first == groups and ops.calls["aten.baddbmm"] == 3 * groups

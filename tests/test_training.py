@@ -305,3 +305,6 @@ def test_the_bench_runs_compiled_on_the_cpu_with_a_named_backend(capsys):
     finally:
         dynamo.reset()
     assert "compile=default/eager" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--backend", "eager"])  # nothing to compile
+    assert "--backend needs --compile" in capsys.readouterr().err

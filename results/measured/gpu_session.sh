@@ -34,13 +34,18 @@ case "$part" in
     # random and switch AutoAttack to its rand version); each finished lambda is kept in <job>/partial/
     lambdas=0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1
     status=0
-    timeout "${AA_SECONDS:-540}" python run_all.py --preset paper --methods oat --opt encoding=scalar \
+    timeout -k 30 "${AA_SECONDS:-540}" python run_all.py --preset paper --methods oat --opt encoding=scalar \
       --dataset npz --data-root .data/cifar10-subset --epochs 10 --lambdas "$lambdas" --aa standard \
       --eval-n 1000 --no-report --no-progress --out results/gpu-aa 2>&1 | tee -a "$log" || status=$?
     dest=$(cd "$out" && pwd)/gpu-aa
     mkdir -p "$dest" results/gpu-aa
-    (cd results/gpu-aa && find . -type f ! -name '*.pt' -exec cp --parents {} "$dest/" \;)
-    if [ "$status" -eq 0 ]; then echo done | tee -a "$log"; else echo "stopped ($status): call again" | tee -a "$log"; fi
+    # neither checkpoints nor the temporary files of writes that the timeout interrupted
+    (cd results/gpu-aa && find . -type f ! -name '*.pt' ! -name '*.tmp' -exec cp --parents {} "$dest/" \;)
+    case "$status" in
+      0) echo done | tee -a "$log" ;;
+      124|137) echo "stopped by the time limit: call again, it resumes" | tee -a "$log" ;;
+      *) echo "failed ($status): see $log" | tee -a "$log"; exit "$status" ;;
+    esac
     ;;
   *)
     echo "unknown part $part: bench, compiled METHOD BATCH, or aa" >&2

@@ -24,46 +24,64 @@ def _groups(keys: list) -> dict:
     return {k: [i for i, v in enumerate(keys) if v == k] for k in dict.fromkeys(keys)}
 
 
-class FiLMBank:
+class _PassBank:
+    """What both banks share. ``layers`` (each told its ``bank`` and ``slot``) are served per forward pass:
+    hooks on the model open the bank before the pass and close it after; the first layer to ask computes
+    every layer's values (``_pass``, inside its own forward, so a compiled forward computes them in its
+    graph and the complexity counter counts them there), the others take theirs, and closing drops them.
+    ``kept`` is the dict ``weights_fixed`` lends while no weight changes (None otherwise)."""
+
+    def __init__(self, layers: list):
+        for i, layer in enumerate(layers):
+            layer.slot, layer.bank = i, self
+        self.active, self.current = False, None
+        self.kept: dict | None = None
+
+    def open(self, module, inputs) -> None:
+        self.active, self.current = True, None
+
+    def close(self, module, inputs, output) -> None:
+        self.active, self.current = False, None
+
+    def get(self, layer):
+        """``layer``'s values for this pass (every layer's computed at the first call)."""
+        if self.current is None:
+            # in a compiled graph nothing is kept: a kept tensor would become a graph constant
+            self.current = self._pass(None if torch.compiler.is_compiling() else self.kept)
+        return self.current[layer.slot]
+
+    def _pass(self, kept: dict | None) -> list:
+        raise NotImplementedError
+
+    def install(self, model: nn.Module) -> None:
+        model.banks = [*getattr(model, "banks", ()), self]  # for ``weights_fixed`` (not in the state dict)
+        model.register_forward_pre_hook(self.open)
+        model.register_forward_hook(self.close)
+
+
+class FiLMBank(_PassBank):
     """Every FiLM of one model computed together, once per forward pass, from the shared encoding: one
     matrix product for all first layers, one batched product per group of equally wide second layers.
     A network with 33 FiLM sites (ResNet-34) then launches a few dozen small kernels per forward pass, not
-    hundreds. Installed like ``NoiseBank``: the first FiLM of a pass computes every FiLM's (scale, shift)
-    inside its own forward (so a compiled forward computes them in its graph), the others take theirs.
-    Inside ``weights_fixed`` a pass without gradients (the attacks' on frozen weights, clean evaluation's)
-    reuses the values of the last such pass with the very same encoding tensor."""
+    hundreds. Each FiLM's values are its (scale, shift). Inside ``weights_fixed`` a pass without gradients
+    (the attacks' on frozen weights, clean evaluation's) reuses the values of the last such pass with the
+    very same encoding tensor."""
 
     def __init__(self, films: list, cond):
+        super().__init__(films)
         self.films, self.cond = films, cond
-        for i, f in enumerate(films):
-            f.slot, f.bank = i, self
         self.widths = [f.mlp[2].out_features for f in films]
         self.groups = _groups(self.widths)
-        self.active, self.out = False, None
-        self.kept: dict | None = None  # {"key": (encoding, autocast), "out": [...]} while weights are fixed
 
-    def open(self, module, inputs) -> None:
-        self.active, self.out = True, None
-
-    def close(self, module, inputs, output) -> None:
-        self.active, self.out = False, None
-
-    def scale_shift(self, film) -> tuple[torch.Tensor, torch.Tensor]:
-        """``film``'s (scale, shift) for this pass (every FiLM's computed at the first call)."""
-        if self.out is None:
-            self.out = self._kept_or_computed()
-        return self.out[film.slot]
-
-    def _kept_or_computed(self) -> list:
-        kept = None if torch.compiler.is_compiling() else self.kept  # in a graph: always computed
+    def _pass(self, kept: dict | None) -> list:
         enc = self.cond.enc
         grad = torch.is_grad_enabled() and (enc.requires_grad or self.films[0].mlp[0].weight.requires_grad)
         if kept is None or grad:  # values with a gradient path serve their own pass only
             return self.compute(enc)
         kind = enc.device.type  # the values' dtype follows this device's autocast
-        key = (enc, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
-        if "key" not in kept or kept["key"][0] is not enc or kept["key"][1:] != key[1:]:
-            kept.update(key=key, out=self.compute(enc))
+        autocast = (torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+        if kept.get("enc") is not enc or kept.get("autocast") != autocast:
+            kept.update(enc=enc, autocast=autocast, out=self.compute(enc))
         return kept["out"]
 
     def compute(self, enc: torch.Tensor) -> list:
@@ -142,37 +160,20 @@ def noisy_weights(convs: list, noise: float, path: str | None = None, groups: di
     return out
 
 
-class NoiseBank:
+class NoiseBank(_PassBank):
     """The noisy weights of every noisy ``CondConv2d`` of one model, drawn together once per forward pass:
     ``noisy_weights`` over all of them, where a convolution on its own (``CondConv2d.effective_weight``)
-    calls it for itself alone.
-
-    Installed as a forward pre-hook and a forward hook of the model: a pass opens the bank, the first noisy
-    convolution that runs draws every convolution's weight (inside its own forward, so the complexity
-    counter counts the noise where it is drawn), the others take theirs, and the end of the pass drops
-    them. A noisy pass whose rows are split over SMART's two mask paths falls back to each convolution."""
+    calls it for itself alone. Each convolution's values are its weight for the pass; ``kept`` keeps the
+    ``noise_scales``. A noisy pass whose rows are split over SMART's two mask paths falls back to each
+    convolution."""
 
     def __init__(self, convs: list):
+        super().__init__(convs)
         self.convs = convs
-        self.active, self.weights = False, None
-        self.kept: dict | None = None  # noise_scales kept while the weights are fixed (``weights_fixed``)
-        for i, c in enumerate(convs):
-            c.slot, c.bank = i, self
         self.groups = noise_groups(convs)
 
-    def open(self, module, inputs) -> None:
-        self.active, self.weights = True, None
-
-    def close(self, module, inputs, output) -> None:
-        self.active, self.weights = False, None
-
-    def weight(self, conv) -> torch.Tensor:
-        """``conv``'s noisy weight for this pass (all of them drawn at the first call)."""
-        if self.weights is None:
-            # a compiled forward computes the scales in its graph: a kept tensor would be a graph constant
-            kept = None if torch.compiler.is_compiling() else self.kept
-            self.weights = noisy_weights(self.convs, conv.cond.noise, groups=self.groups, kept=kept)
-        return self.weights[conv.slot]
+    def _pass(self, kept: dict | None) -> list:
+        return noisy_weights(self.convs, self.convs[0].cond.noise, groups=self.groups, kept=kept)
 
 
 @contextmanager
@@ -182,7 +183,7 @@ def weights_fixed(model: nn.Module):
     not at every pass (std(W) carries no gradient, so the kept values serve passes with gradients too), and
     its FiLM bank reuses (scale, shift) across passes without gradients on the same encoding. On leaving,
     the kept values are dropped. Does nothing to a model without banks."""
-    banks = [b for b in (getattr(model, "noise_bank", None), getattr(model, "film_bank", None)) if b is not None]
+    banks = getattr(model, "banks", ())
     before = [b.kept for b in banks]
     for bank in banks:
         bank.kept = {} if bank.kept is None else bank.kept  # an enclosing scope's values stay valid
@@ -196,13 +197,7 @@ def weights_fixed(model: nn.Module):
 def attach_banks(model: nn.Module, films: list, noisy_convs: list, cond) -> nn.Module:
     """Give ``model`` a ``FiLMBank`` for ``films`` and a ``NoiseBank`` for ``noisy_convs`` (where any)."""
     if films:
-        bank = FiLMBank(films, cond)
-        model.film_bank = bank  # for ``weights_fixed`` (a plain attribute: not in the state dict)
-        model.register_forward_pre_hook(bank.open)
-        model.register_forward_hook(bank.close)
+        FiLMBank(films, cond).install(model)
     if noisy_convs:
-        bank = NoiseBank(noisy_convs)
-        model.noise_bank = bank  # for ``weights_fixed`` (a plain attribute: not in the state dict)
-        model.register_forward_pre_hook(bank.open)
-        model.register_forward_hook(bank.close)
+        NoiseBank(noisy_convs).install(model)
     return model

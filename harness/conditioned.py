@@ -68,7 +68,7 @@ class FiLM(nn.Module):
     def scale_shift(self, h) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample (scale, shift) for ``h``'s channels: the bank's for this pass, else this layer's own."""
         if self.bank is not None and self.bank.active:
-            return self.bank.scale_shift(self)
+            return self.bank.get(self)
         return F.leaky_relu(self.mlp(self.cond.enc.to(h.dtype))).chunk(2, dim=1)
 
     def forward(self, h):
@@ -144,7 +144,7 @@ class CondConv2d(nn.Conv2d):
             return torch.cat([self._conv_forward(clean, self.effective_weight("clean"), self.bias),
                               self._conv_forward(adv, self.effective_weight("adv"), self.bias)])
         if self.bank is not None and self.bank.active and self.cond.noise:  # a bank serves noisy convs only
-            return self._conv_forward(x, self.bank.weight(self), self.bias)
+            return self._conv_forward(x, self.bank.get(self), self.bias)
         return self._conv_forward(x, self.effective_weight(), self.bias)
 
 

@@ -131,8 +131,7 @@ def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: 
             stored = complexity.union(stored, used)
         rows += part
     if measure:
-        rows += [{"lambda": NAN, "metric": "params", "value": complexity.params(model), "attack": "", "n": NAN},
-                 {"lambda": NAN, "metric": "stored_params", "value": complexity.count(stored), "attack": "", "n": NAN}]
+        rows += [_row(NAN, "params", complexity.params(model), NAN), _row(NAN, "stored_params", complexity.count(stored), NAN)]
     if cfg.checks:
         rows += checks.flag_rows(rows)
     return rows
@@ -144,7 +143,7 @@ def _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed
     rows = []
 
     def row(metric, value, attack="", n=len(x), **extra):
-        rows.append({"lambda": lam, "metric": metric, "value": value, "attack": attack, "n": n, **extra})
+        rows.append(_row(lam, metric, value, n, attack, **extra))
 
     clean = []
     for draw in range(cfg.noise_draws if method.is_random(lam) else 1):
@@ -179,12 +178,15 @@ def _cost_rows(forward, model, lam, x_img, used) -> list[dict]:
     timings measured on ``x_img``."""
     macs = complexity.macs(forward, model, x_img[:1])
     cost = complexity.inference_cost(forward, x_img)
-    row = lambda metric, value, n, **extra: {"lambda": lam, "metric": metric, "value": value, "attack": "", "n": n,  # noqa: E731
-                                             **extra}
-    return [row("nonzero_params", complexity.count(used), NAN), row("macs", macs, 1),
-            row("infer_latency_ms", cost["infer_latency_ms"], 1, precision="fp32"),
-            row("infer_throughput", cost["infer_throughput"], 256, precision="fp32"),
-            row("infer_peak_mem_mb", cost["infer_peak_mem_mb"], 256, precision="fp32")]
+    return [_row(lam, "nonzero_params", complexity.count(used), NAN), _row(lam, "macs", macs, 1),
+            _row(lam, "infer_latency_ms", cost["infer_latency_ms"], 1, precision="fp32"),
+            _row(lam, "infer_throughput", cost["infer_throughput"], 256, precision="fp32"),
+            _row(lam, "infer_peak_mem_mb", cost["infer_peak_mem_mb"], 256, precision="fp32")]
+
+
+def _row(lam, metric, value, n, attack="", **extra) -> dict:
+    """One result row (``extra``: eps, precision, detail)."""
+    return {"lambda": lam, "metric": metric, "value": value, "attack": attack, "n": n, **extra}
 
 
 def _autoattack(forward, model, x, y, eps, version, batch_size, seed):
@@ -212,11 +214,11 @@ def _check_rows(lam, forward, sub, base, cfg, eps, seed, random, bar) -> list[di
         base = _correct(forward, sub, parse_attack(checks.BASE), eps, cfg.step, bar)
     else:
         bar.update(len(sub))
-    rows.append({"lambda": lam, "metric": "check_acc", "value": _mean(base), "attack": checks.BASE, "n": n, "eps": eps})
+    rows.append(_row(lam, "check_acc", _mean(base), n, checks.BASE, eps=eps))
     for attack, budget in check_attacks(cfg, random):
         e = {"2eps": 2 * eps, "1.0": 1.0, "eps": eps}[budget]
         step = None if cfg.step is None else cfg.step * e / eps
         torch.manual_seed(seed)
         acc = _mean(_correct(forward, sub, attack, e, step, bar))
-        rows.append({"lambda": lam, "metric": "check_acc", "value": acc, "attack": attack.name, "n": n, "eps": e})
+        rows.append(_row(lam, "check_acc", acc, n, attack.name, eps=e))
     return rows

@@ -98,7 +98,7 @@ def test_no_noise_means_the_plain_weights_and_a_conv_alone_draws_its_own():
     c = convs[1]
     with torch.no_grad():  # called outside a model pass: the bank is closed, the conv draws its own
         c(torch.rand(1, c.in_channels, 8, 8))
-    assert not c.bank.active and c.bank.weights is None
+    assert not c.bank.active and c.bank.current is None
     assert not torch.equal(used[c], c.weight)
 
 
@@ -153,7 +153,7 @@ def test_fixed_weights_take_std_once_and_the_next_weights_their_own():
     for c in convs:
         noise = ((used[c] - c.weight) / c.alpha).detach()
         assert c.alpha.grad.item() == pytest.approx((grads[c] * noise).sum().item(), rel=1e-3, abs=1e-5)
-    assert model.noise_bank.kept is None, "nothing kept after the scope"
+    assert convs[0].bank.kept is None, "nothing kept after the scope"
     c = convs[5]
     with torch.no_grad():
         c.weight.mul_(100)
@@ -209,5 +209,5 @@ def test_fixed_weights_compute_film_once_for_passes_without_gradients():
             model(x)
             model(x)
         model(x)  # trainable weights: computed for this pass
-    groups = len(model.film_bank.groups)  # one batched product per group of equally wide FiLMs
+    groups = len(model.banks[0].groups)  # one batched product per group of equally wide FiLMs
     assert groups == 4 and first == groups and ops.calls["aten.baddbmm"] == 3 * groups

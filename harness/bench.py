@@ -4,6 +4,7 @@
   python -m harness.bench --methods pgd_at,oat,float --compile reduce-overhead       # with CUDA graphs
   python -m harness.bench --methods pgd_at,fast_at --arch preact_resnet18 --batch-size 512
   python -m harness.bench --methods pgd_at,oat,float --ops                            # kernels per step (any device)
+  python -m harness.bench --methods pgd_at,oat,float --flops                          # FLOPs per image (any device)
   python -m harness.bench --compile default --backend inductor --device cpu           # compiled, on a CPU
 
 Runs one warm-up epoch and then times whole epochs of ``harness.train``'s loop on CIFAR-shaped uint8 data kept
@@ -13,6 +14,8 @@ images/s and CUDA peak memory, so every figure names its hardware.
 ``--ops`` instead counts the operators one training step (forward, attack and backward) dispatches, views
 left out: on a GPU each launches at least one kernel, and at small batches the step is bound by those
 launches, so the count is a proxy for speed that any machine, a CPU one included, can measure.
+``--flops`` counts the arithmetic instead (FLOPs per training image): the bound where the device is busy
+computing, at large batches or with CUDA graphs.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import sys
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from methods import get_method
 
@@ -58,10 +62,9 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_ops(method_name: str, arch: str, device: torch.device, batch_size: int = 8,
-              size: int = 32) -> collections.Counter:
-    """Operators dispatched by one training step of ``method_name`` (after one untimed step), views left out.
-    The count does not depend on the batch size."""
+def _one_step(method_name: str, arch: str, device: torch.device, batch_size: int, size: int, mode):
+    """Run one training step of ``method_name`` (forward, attack and backward, after one untimed step)
+    inside the dispatch mode ``mode`` and return the mode."""
     torch.manual_seed(0)
     cls = get_method(method_name)
     info = synthetic(size)
@@ -70,11 +73,28 @@ def count_ops(method_name: str, arch: str, device: torch.device, batch_size: int
     x, y = torch.rand(batch_size, 3, size, size, device=device), torch.randint(0, 10, (batch_size,), device=device)
     for counting in (False, True):
         model.zero_grad(set_to_none=True)  # as the loop does before every backward
-        with OpCounter() if counting else contextlib.nullcontext() as counter:
+        with mode if counting else contextlib.nullcontext():
             with weights_fixed(model):  # as the training loop runs a step
                 loss, _, _ = method.train_step(model, x, y)
             loss.backward()
-    return counter.counts
+    return mode
+
+
+def count_ops(method_name: str, arch: str, device: torch.device, batch_size: int = 8,
+              size: int = 32) -> collections.Counter:
+    """Operators dispatched by one training step of ``method_name``, views left out. The count does not
+    depend on the batch size."""
+    return _one_step(method_name, arch, device, batch_size, size, OpCounter()).counts
+
+
+def flops_per_image(method_name: str, arch: str, device: torch.device, batch_size: int = 128,
+                    size: int = 32) -> float:
+    """Floating-point operations of one training step of ``method_name`` per training image, counted by
+    ``torch.utils.flop_counter`` (convolutions and matrix products, forward and backward, as dispatched:
+    the attack's backward passes compute no weight gradients). The ratio of two methods' counts is the most
+    one can be faster than the other where the device is bound by arithmetic, not by kernel launches."""
+    mode = _one_step(method_name, arch, device, batch_size, size, FlopCounterMode(display=False))
+    return mode.get_total_flops() / batch_size
 
 
 def bench(method_name: str, arch: str, batch_size: int, iters: int, device: torch.device, attack: str | None,
@@ -126,6 +146,8 @@ def main(argv=None) -> int:
                                      "then compiles on any device, the CPU included")
     p.add_argument("--device", default="auto")
     p.add_argument("--ops", action="store_true", help="count the operators of one training step instead")
+    p.add_argument("--flops", action="store_true",
+                   help="count the FLOPs of one training step per image instead (at --batch-size)")
     args = p.parse_args(argv)
     if args.backend and args.compile == "off":
         p.error("--backend needs --compile (default or reduce-overhead)")
@@ -137,6 +159,11 @@ def main(argv=None) -> int:
                 counts = count_ops(name, args.arch, device)
                 top = ", ".join(f"{op} {n}" for op, n in counts.most_common(8))
                 print(f"{name:8s} {args.arch}: {sum(counts.values())} operators per training step ({top}, ...)")
+                continue
+            if args.flops:
+                f = flops_per_image(name, args.arch, device, args.batch_size)
+                print(f"{name:8s} {args.arch} bs={args.batch_size}: {f / 1e9:.2f} GFLOP per training image "
+                      f"(forward, attack and backward; torch.utils.flop_counter)")
                 continue
             r = bench(name, args.arch, args.batch_size, args.iters, device, args.attack, args.precision,
                       compile=args.compile, backend=args.backend)

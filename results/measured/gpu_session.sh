@@ -3,11 +3,12 @@
 # Run from the repository root on the GPU machine; each part appends what it prints to $OUT/<part>.txt
 # (the device tool's $OUT, else results/gpu-session/), so the figures come back with the command that made them.
 #
+# In this order (30 minutes of device time do not cover all; the first part closes an issue):
+#   bash results/measured/gpu_session.sh aa                     # issue 4: AutoAttack standard at 11 lambdas;
+#                                                               # resumable, repeat the call until it prints "done"
 #   bash results/measured/gpu_session.sh bench                  # eager images/s: pgd_at, oat, float at 128 and 512
 #   bash results/measured/gpu_session.sh compiled float 128     # --compile reduce-overhead, one method and batch
 #                                                               # (inductor compiles in the warm-up epoch: minutes)
-#   bash results/measured/gpu_session.sh aa                     # issue 4: AutoAttack standard at 11 lambdas;
-#                                                               # resumable, repeat the call until it prints "done"
 #
 # The aa part needs the CIFAR-10 subset in .data/cifar10-subset (see ../shared/data/README.md) and pyautoattack
 # importable (PYTHONPATH=$PWD/.pyaa with the wheel unpacked there). It resumes from results/gpu-aa (ignored by

@@ -54,9 +54,11 @@ class _PassBank:
         raise NotImplementedError
 
     def install(self, model: nn.Module) -> None:
+        if self in getattr(model, "banks", ()):
+            return  # installed already: a second pair of hooks would open and close each pass twice
         model.banks = [*getattr(model, "banks", ()), self]  # for ``weights_fixed`` (not in the state dict)
         model.register_forward_pre_hook(self.open)
-        model.register_forward_hook(self.close)
+        model.register_forward_hook(self.close, always_call=True)  # a pass that raised keeps nothing either
 
 
 class FiLMBank(_PassBank):
@@ -173,6 +175,7 @@ class NoiseBank(_PassBank):
         self.groups = noise_groups(convs)
 
     def _pass(self, kept: dict | None) -> list:
+        # the noise of the layers' own Condition (one per model), which follows a layer pointed at another
         return noisy_weights(self.convs, self.convs[0].cond.noise, groups=self.groups, kept=kept)
 
 

@@ -62,13 +62,16 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _one_step(method_name: str, arch: str, device: torch.device, batch_size: int, size: int, mode):
+def _one_step(method_name: str, arch: str, device: torch.device, batch_size: int, size: int, mode,
+              attack: str | None = None):
     """Run one training step of ``method_name`` (forward, attack and backward, after one untimed step)
-    inside the dispatch mode ``mode`` and return the mode."""
+    inside the dispatch mode ``mode`` and return the mode. ``attack``: the training attack, if not the
+    method's."""
     torch.manual_seed(0)
     cls = get_method(method_name)
     info = synthetic(size)
-    method = cls(TrainConfig(**{**cls.defaults, "batch_size": batch_size}), info.eps)
+    fields = {**cls.defaults, "batch_size": batch_size} | ({"train_attack": attack} if attack else {})
+    method = cls(TrainConfig(**fields), info.eps)
     model = method.build_model(arch, info).to(device).train()
     x, y = torch.rand(batch_size, 3, size, size, device=device), torch.randint(0, 10, (batch_size,), device=device)
     for counting in (False, True):
@@ -80,20 +83,21 @@ def _one_step(method_name: str, arch: str, device: torch.device, batch_size: int
     return mode
 
 
-def count_ops(method_name: str, arch: str, device: torch.device, batch_size: int = 8,
-              size: int = 32) -> collections.Counter:
+def count_ops(method_name: str, arch: str, device: torch.device, batch_size: int = 8, size: int = 32,
+              attack: str | None = None) -> collections.Counter:
     """Operators dispatched by one training step of ``method_name``, views left out. The count does not
     depend on the batch size."""
-    return _one_step(method_name, arch, device, batch_size, size, OpCounter()).counts
+    return _one_step(method_name, arch, device, batch_size, size, OpCounter(), attack).counts
 
 
-def flops_per_image(method_name: str, arch: str, device: torch.device, batch_size: int = 128,
-                    size: int = 32) -> float:
+def flops_per_image(method_name: str, arch: str, device: torch.device, batch_size: int = 128, size: int = 32,
+                    attack: str | None = None) -> float:
     """Floating-point operations of one training step of ``method_name`` per training image, counted by
-    ``torch.utils.flop_counter`` (convolutions and matrix products, forward and backward, as dispatched:
-    the attack's backward passes compute no weight gradients). The ratio of two methods' counts is the most
-    one can be faster than the other where the device is bound by arithmetic, not by kernel launches."""
-    mode = _one_step(method_name, arch, device, batch_size, size, FlopCounterMode(display=False))
+    ``torch.utils.flop_counter``: convolutions and matrix products, forward and backward, as dispatched (the
+    attack's backward passes compute no weight gradients); elementwise work (normalisation, FiLM's
+    multiply-add, the weight noise) is not counted. Where a device is bound by arithmetic rather than by
+    kernel launches, two methods' speeds relate about as the inverse of their counts."""
+    mode = _one_step(method_name, arch, device, batch_size, size, FlopCounterMode(display=False), attack)
     return mode.get_total_flops() / batch_size
 
 
@@ -151,17 +155,21 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.backend and args.compile == "off":
         p.error("--backend needs --compile (default or reduce-overhead)")
+    if args.ops and args.flops:
+        p.error("--ops and --flops count different things; give one")
+    if (args.ops or args.flops) and (args.compile != "off" or args.precision != "auto"):
+        p.error("--ops and --flops count the plain fp32 step; leave out --compile and --precision")
     try:
         device = resolve_device(args.device)
         torch.backends.cudnn.benchmark = True
         for name in args.methods.split(","):
             if args.ops:
-                counts = count_ops(name, args.arch, device)
+                counts = count_ops(name, args.arch, device, attack=args.attack)
                 top = ", ".join(f"{op} {n}" for op, n in counts.most_common(8))
                 print(f"{name:8s} {args.arch}: {sum(counts.values())} operators per training step ({top}, ...)")
                 continue
             if args.flops:
-                f = flops_per_image(name, args.arch, device, args.batch_size)
+                f = flops_per_image(name, args.arch, device, args.batch_size, attack=args.attack)
                 print(f"{name:8s} {args.arch} bs={args.batch_size}: {f / 1e9:.2f} GFLOP per training image "
                       f"(forward, attack and backward; torch.utils.flop_counter)")
                 continue

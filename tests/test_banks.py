@@ -211,3 +211,20 @@ def test_fixed_weights_compute_film_once_for_passes_without_gradients():
         model(x)  # trainable weights: computed for this pass
     groups = len(model.banks[0].groups)  # one batched product per group of equally wide FiLMs
     assert groups == 4 and first == groups and ops.calls["aten.baddbmm"] == 3 * groups
+
+
+def test_a_pass_that_raises_leaves_no_values_and_installing_twice_adds_nothing():
+    method, model, _ = _model("oat", "small_cnn")
+    bank = model.banks[0]
+    bank.install(model)
+    assert len(model.banks) == 1 and len(model._forward_hooks) == 1
+
+    def fail(*_):
+        raise RuntimeError("after the FiLMs")
+    handle = list(model.modules())[-1].register_forward_hook(fail)  # the classifier, after every FiLM
+    with method.configure(model, 0.4) as forward:
+        with pytest.raises(RuntimeError, match="after the FiLMs"):
+            forward(torch.rand(2, 3, 32, 32))
+        assert not bank.active and bank.current is None
+        handle.remove()
+        assert forward(torch.rand(2, 3, 32, 32)).shape == (2, 10)

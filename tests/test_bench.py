@@ -26,6 +26,8 @@ def test_pgd_at_step_costs_seven_input_gradients_and_one_training_pass():
     f = _forward_flops("small_cnn")
     total = bench.flops_per_image("pgd_at", "small_cnn", CPU, batch_size=12)
     assert 16 * f < total <= 17 * f
+    # --attack pgd3: 3 attack steps, so 8F < . <= 9F
+    assert 8 * f < bench.flops_per_image("pgd_at", "small_cnn", CPU, batch_size=12, attack="pgd3") <= 9 * f
 
 
 def test_float_attacks_half_the_batch_and_oat_five_sixths():
@@ -47,3 +49,11 @@ def test_cli_prints_each_mode(capsys):
     assert all("images/s" in line and "cpu" in line for line in lines[:2])
     assert all("operators per training step" in line for line in lines[2:4])
     assert all("GFLOP per training image" in line for line in lines[4:])
+
+
+@pytest.mark.parametrize("flags", [["--ops", "--flops"], ["--ops", "--compile", "default"],
+                                   ["--flops", "--precision", "bf16"]])
+def test_cli_refuses_counts_with_settings_they_ignore(flags, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--methods", "pgd_at", "--arch", "small_cnn", "--device", "cpu", *flags])
+    assert exc.value.code == 2 and "--ops" in capsys.readouterr().err

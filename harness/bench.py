@@ -14,8 +14,8 @@ images/s and CUDA peak memory, so every figure names its hardware.
 ``--ops`` instead counts the operators one training step (forward, attack and backward) dispatches, views
 left out: on a GPU each launches at least one kernel, and at small batches the step is bound by those
 launches, so the count is a proxy for speed that any machine, a CPU one included, can measure.
-``--flops`` counts the arithmetic instead (FLOPs per training image): the bound where the device is busy
-computing, at large batches or with CUDA graphs.
+``--flops`` counts the arithmetic instead (FLOPs per training image, elementwise work left out): the guide
+where the device is busy computing, at large batches or with CUDA graphs.
 """
 from __future__ import annotations
 
@@ -62,16 +62,22 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _method(method_name: str, info: DatasetInfo, attack: str | None, **fields):
+    """``method_name`` configured by its defaults, then ``fields``, then ``attack`` (the training attack, if
+    given)."""
+    cls = get_method(method_name)
+    fields = {**cls.defaults, **fields} | ({"train_attack": attack} if attack else {})
+    return cls(TrainConfig(**fields), info.eps)
+
+
 def _one_step(method_name: str, arch: str, device: torch.device, batch_size: int, size: int, mode,
               attack: str | None = None):
     """Run one training step of ``method_name`` (forward, attack and backward, after one untimed step)
     inside the dispatch mode ``mode`` and return the mode. ``attack``: the training attack, if not the
     method's."""
     torch.manual_seed(0)
-    cls = get_method(method_name)
     info = synthetic(size)
-    fields = {**cls.defaults, "batch_size": batch_size} | ({"train_attack": attack} if attack else {})
-    method = cls(TrainConfig(**fields), info.eps)
+    method = _method(method_name, info, attack, batch_size=batch_size)
     model = method.build_model(arch, info).to(device).train()
     x, y = torch.rand(batch_size, 3, size, size, device=device), torch.randint(0, 10, (batch_size,), device=device)
     for counting in (False, True):
@@ -109,13 +115,9 @@ def bench(method_name: str, arch: str, batch_size: int, iters: int, device: torc
     n = batch_size * iters
     x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
     y = torch.randint(0, 10, (n,), device=device)
-    cls = get_method(method_name)
-    fields = {**cls.defaults, "batch_size": batch_size, "epochs": 2, "precision": precision, "log_every": 10**9,
-              "compile": compile}
-    if attack:
-        fields["train_attack"] = attack
-    cfg = TrainConfig(**fields)
-    method = cls(cfg, info.eps)
+    method = _method(method_name, info, attack, batch_size=batch_size, epochs=2, precision=precision,
+                     log_every=10**9, compile=compile)
+    cfg = method.cfg
     model = method.build_model(arch, info).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

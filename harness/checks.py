@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from .store import result_row
+
 Z = 2.0
 NEAR_ZERO = 0.02
 BASE = "pgd20"                       # the reference attack of the checks
@@ -51,8 +53,7 @@ def _by_lambda(rows):
 
 
 def _flag(lam, check, attack, bad: bool, detail: str) -> dict:
-    return {"lambda": lam, "metric": f"flag:{check}", "value": 1.0 if bad else 0.0, "attack": attack,
-            "n": float("nan"), "detail": detail if bad else ""}
+    return result_row(lam, f"flag:{check}", 1.0 if bad else 0.0, float("nan"), attack, detail=detail if bad else "")
 
 
 def _above(lam, check, hi, lo, what_hi, what_lo) -> dict:

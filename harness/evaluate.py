@@ -23,7 +23,7 @@ from .banks import weights_fixed
 from .config import EvalConfig
 from .data import Dataset, DeviceLoader
 from .errors import LambenchError
-from .store import PartialRows
+from .store import PartialRows, result_row
 
 NAN = float("nan")
 AA_MODES = ("standard", "rand", "off")
@@ -131,7 +131,8 @@ def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: 
             stored = complexity.union(stored, used)
         rows += part
     if measure:
-        rows += [_row(NAN, "params", complexity.params(model), NAN), _row(NAN, "stored_params", complexity.count(stored), NAN)]
+        rows += [result_row(NAN, "params", complexity.params(model), NAN),
+                 result_row(NAN, "stored_params", complexity.count(stored), NAN)]
     if cfg.checks:
         rows += checks.flag_rows(rows)
     return rows
@@ -143,7 +144,7 @@ def _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed
     rows = []
 
     def row(metric, value, attack="", n=len(x), **extra):
-        rows.append(_row(lam, metric, value, n, attack, **extra))
+        rows.append(result_row(lam, metric, value, n, attack, **extra))
 
     clean = []
     for draw in range(cfg.noise_draws if method.is_random(lam) else 1):
@@ -178,15 +179,10 @@ def _cost_rows(forward, model, lam, x_img, used) -> list[dict]:
     timings measured on ``x_img``."""
     macs = complexity.macs(forward, model, x_img[:1])
     cost = complexity.inference_cost(forward, x_img)
-    return [_row(lam, "nonzero_params", complexity.count(used), NAN), _row(lam, "macs", macs, 1),
-            _row(lam, "infer_latency_ms", cost["infer_latency_ms"], 1, precision="fp32"),
-            _row(lam, "infer_throughput", cost["infer_throughput"], 256, precision="fp32"),
-            _row(lam, "infer_peak_mem_mb", cost["infer_peak_mem_mb"], 256, precision="fp32")]
-
-
-def _row(lam, metric, value, n, attack="", **extra) -> dict:
-    """One result row (``extra``: eps, precision, detail)."""
-    return {"lambda": lam, "metric": metric, "value": value, "attack": attack, "n": n, **extra}
+    return [result_row(lam, "nonzero_params", complexity.count(used), NAN), result_row(lam, "macs", macs, 1),
+            result_row(lam, "infer_latency_ms", cost["infer_latency_ms"], 1, precision="fp32"),
+            result_row(lam, "infer_throughput", cost["infer_throughput"], 256, precision="fp32"),
+            result_row(lam, "infer_peak_mem_mb", cost["infer_peak_mem_mb"], 256, precision="fp32")]
 
 
 def _autoattack(forward, model, x, y, eps, version, batch_size, seed):
@@ -214,11 +210,11 @@ def _check_rows(lam, forward, sub, base, cfg, eps, seed, random, bar) -> list[di
         base = _correct(forward, sub, parse_attack(checks.BASE), eps, cfg.step, bar)
     else:
         bar.update(len(sub))
-    rows.append(_row(lam, "check_acc", _mean(base), n, checks.BASE, eps=eps))
+    rows.append(result_row(lam, "check_acc", _mean(base), n, checks.BASE, eps=eps))
     for attack, budget in check_attacks(cfg, random):
         e = {"2eps": 2 * eps, "1.0": 1.0, "eps": eps}[budget]
         step = None if cfg.step is None else cfg.step * e / eps
         torch.manual_seed(seed)
         acc = _mean(_correct(forward, sub, attack, e, step, bar))
-        rows.append(_row(lam, "check_acc", acc, n, attack.name, eps=e))
+        rows.append(result_row(lam, "check_acc", acc, n, attack.name, eps=e))
     return rows

@@ -27,7 +27,7 @@ from .data import Dataset, dataset_eps, load_dataset
 from .errors import LambenchError
 from .evaluate import evaluate
 from .executor import ExecutorConfig, check as check_executor, submit_and_wait
-from .store import PartialRows, assemble, read_json, write_csv, write_json, write_text
+from .store import PartialRows, assemble, read_json, result_row, write_csv, write_json, write_text
 from .train import precision_of, train
 
 
@@ -221,7 +221,7 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     # training cost as rows with no lambda (they do not vary with it)
     seconds = sum(h["seconds"] for h in history)
     images = sum(h["seconds"] * h["images_per_s"] for h in history)
-    cost = [{"lambda": float("nan"), "metric": m, "value": v, "attack": "", "n": trained} for m, v in (
+    cost = [result_row(float("nan"), m, v, trained) for m, v in (
         ("train_time_s", seconds), ("train_epoch_time_s", seconds / len(history) if history else float("nan")),
         ("train_images_per_s", images / seconds if seconds else float("nan")),
         ("train_peak_mem_mb", max(h["peak_mem_mb"] for h in history)), ("epochs_trained", len(history)),

@@ -26,6 +26,12 @@ COLUMNS = ["run", "job", "method", "dataset", "arch", "seed", "train_lambda", "l
            "attack", "eps", "n", "device", "torch", "precision"]
 
 
+def result_row(lam: float, metric: str, value, n, attack: str = "", **extra) -> dict:
+    """One result row: ``lam`` NaN for a job-wide figure; ``extra`` the optional columns (eps, precision)
+    and a flag's ``detail``. ``assemble`` adds the job's columns."""
+    return {"lambda": lam, "metric": metric, "value": value, "attack": attack, "n": n, **extra}
+
+
 def write_json(path: Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

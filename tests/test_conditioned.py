@@ -42,12 +42,13 @@ def test_film_shapes_and_per_sample_lambda():
     out = film(h)
     assert out.shape == h.shape
     cond.enc = torch.eye(4)[[0]]
-    assert torch.allclose(film(h[:1]), out[:1]), "a sample's output depends only on its own lambda"
+    # (up to float rounding: the MLP's matrix product may take another kernel at another batch size)
+    assert torch.allclose(film(h[:1]), out[:1], atol=1e-6), "a sample's output depends only on its own lambda"
     cond.enc = torch.eye(4)[[0, 1, 0]]
     assert not torch.allclose(out[0] / h[0], out[1] / h[1]), "different lambdas must modulate differently"
     cond.enc = torch.eye(4)[[0]]  # one encoding row broadcasts over the batch
     same = film(h)
-    assert torch.allclose(same[0], out[0]) and torch.allclose(same[2], out[2])
+    assert torch.allclose(same[0], out[0], atol=1e-6) and torch.allclose(same[2], out[2], atol=1e-6)
     assert film.mlp[0].in_features == 4 and film.mlp[0].out_features == 16 and film.mlp[2].out_features == 16
 
 

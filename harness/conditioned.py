@@ -151,12 +151,14 @@ class CondConv2d(nn.Conv2d):
 class ConditionedLayers(LayerFactory):
     """Layer factory for the once-for-all methods: dual BN, optional FiLM after every BN but the shortcut's
     and the pre-activation head's (as OAT), optional noisy and/or masked convolutions (masks on the last
-    ``mask_last_stages`` stages; None: all; ``noisy_masked=False`` keeps noise off the masked ones), or
-    slimmable layers at ``widths`` (OATS; not with noise or masks)."""
+    ``mask_last_stages`` stages; None: all; ``noisy_masked=False`` keeps noise off the masked ones;
+    ``shared_mask``: the convolutions of the other stages get one mask each, with a dense gradient, as
+    FLOATS's), or slimmable layers at ``widths`` (OATS; not with noise or masks)."""
 
     def __init__(self, dual_bn: bool = True, film_dim: int | None = None, noisy: bool = False,
                  mask_paths: tuple[str, ...] = (), mask_last_stages: int | None = None, mask_noise: bool = True,
-                 noisy_masked: bool = True, dense_grad: bool = False, widths: tuple[float, ...] = ()):
+                 noisy_masked: bool = True, dense_grad: bool = False, shared_mask: bool = False,
+                 widths: tuple[float, ...] = ()):
         super().__init__()
         if widths and (noisy or mask_paths or not dual_bn):
             raise ValueError("slimmable layers take dual BN and FiLM only, not noise or masks")
@@ -164,7 +166,7 @@ class ConditionedLayers(LayerFactory):
         self.cond = Condition()
         self.dual_bn, self.film_dim, self.noisy, self.noisy_masked = dual_bn, film_dim, noisy, noisy_masked
         self.mask_paths, self.mask_last_stages, self.mask_noise = mask_paths, mask_last_stages, mask_noise
-        self.dense_grad = dense_grad
+        self.dense_grad, self.shared_mask = dense_grad, shared_mask
 
     def _masked_stage(self) -> bool:
         return self.mask_last_stages is None or self.stage >= self.num_stages - self.mask_last_stages
@@ -174,13 +176,16 @@ class ConditionedLayers(LayerFactory):
             from .slimmable import SlimConv2d
             pad = kernel // 2 if padding is None else padding
             return SlimConv2d(cin, cout, kernel, stride=stride, padding=pad, bias=bias, cond=self.cond)
-        paths = self.mask_paths if self.mask_paths and self._masked_stage() else ()
-        noisy = self.noisy and (self.noisy_masked or not paths)
+        masked_stage = bool(self.mask_paths) and self._masked_stage()
+        paths, dense_grad = (self.mask_paths, self.dense_grad) if masked_stage else ((), False)
+        if self.shared_mask and not masked_stage:
+            paths, dense_grad = ("",), True  # FLOATS's single mask on the shared stages (SMART sparse=on)
+        noisy = self.noisy and (self.noisy_masked or not masked_stage)
         if not (noisy or paths):
             return super().conv(cin, cout, kernel, stride, padding, bias)
         pad = kernel // 2 if padding is None else padding
         return CondConv2d(cin, cout, kernel, stride=stride, padding=pad, bias=bias, cond=self.cond,
-                          noisy=noisy, paths=paths, mask_noise=self.mask_noise, dense_grad=self.dense_grad)
+                          noisy=noisy, paths=paths, mask_noise=self.mask_noise, dense_grad=dense_grad)
 
     def norm(self, channels, shortcut=False, head=False):
         if self.widths:

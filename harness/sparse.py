@@ -36,6 +36,13 @@ def top_mask(score: torch.Tensor, k: int) -> torch.Tensor:
     return flat.view_as(score)
 
 
+def prune_rate_at(initial: float, epoch: int, epochs: int) -> float:
+    """The prune fraction after epoch ``epoch`` (0-based) of ``epochs``: linear from ``initial`` after the
+    first epoch to 0 after the last (FLOATS, and SMART with ``sparse=on``)."""
+    last = epochs - 1
+    return initial * (1 - epoch / last) if last > 0 else 0.0
+
+
 def masked_convs(model: nn.Module) -> list[CondConv2d]:
     return [m for m in model.modules() if isinstance(m, CondConv2d) and m.paths]
 
@@ -112,3 +119,10 @@ def prune_and_regrow(model: nn.Module, optimizer: torch.optim.Optimizer, rate: f
             conv.mask.copy_(new)
             regrown += int(regrow_pos.sum())
     return {"pruned": sum(removed), "regrown": regrown, "density": density(model)}
+
+
+def epoch_prune(model: nn.Module, optimizer, rate: float, redistribute: bool) -> dict:
+    """The end-of-epoch round of the sparse methods: ``prune_and_regrow`` at ``rate``, with the epoch log's
+    entries (the rate, the density after it, the counts)."""
+    stats = prune_and_regrow(model, optimizer, rate, redistribute)
+    return {"prune_rate": rate, "density": density(model), **stats}

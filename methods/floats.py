@@ -9,7 +9,7 @@ the model is equally sparse at every lambda; ``mask_noise=off`` turns that off. 
 """
 from harness.conditioned import ConditionedLayers
 from harness.errors import LambenchError
-from harness.sparse import apply_masks, density, masked_convs, prune_and_regrow, random_mask
+from harness.sparse import apply_masks, epoch_prune, masked_convs, prune_rate_at, random_mask
 
 from .base import register
 from .float import FLOAT
@@ -43,10 +43,8 @@ class FLOATS(FLOAT):
 
     def prune_rate_at(self, epoch: int) -> float:
         """p after epoch ``epoch`` (0-based): linear from prune_rate after the first epoch to 0 after the last."""
-        last = self.cfg.epochs - 1
-        return self.opts["prune_rate"] * (1 - epoch / last) if last > 0 else 0.0
+        return prune_rate_at(self.opts["prune_rate"], epoch, self.cfg.epochs)
 
     def end_epoch(self, model, epoch, first_batch, optimizer=None):
         rate = self.prune_rate_at(epoch)
-        stats = prune_and_regrow(model, optimizer, rate, self.opts["redistribution"] == "momentum")
-        return {"prune_rate": rate, "density": density(model), **stats}
+        return epoch_prune(model, optimizer, rate, self.opts["redistribution"] == "momentum")

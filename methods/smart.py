@@ -9,6 +9,11 @@ form M_clean, the rest M_adv).
 Evaluation, lambda in 0, 0.1, ..., 1: lambda < 0.1 is the clean path; otherwise (``mix=noise``, default)
 the adversarial path with noise alpha * lambda * eta on the shared layers, or (``mix=paths``) the logits
 (1 - lambda) * clean path + lambda * adversarial path (noise at lambda = 1), attacked as one model.
+
+``sparse=on`` trains the shared stages sparse as FLOATS does: each of their convolutions gets one random mask
+at ``sparse_density`` (default 0.5), W <- W * M after every optimiser step, the noise masked too, and after
+every epoch FLOATS's prune and regrow (``prune_rate``, ``redistribution``) over those masks. The two paths'
+masks stay as drawn. With the default masks every lambda's forward then uses half of every convolution.
 """
 from contextlib import contextmanager
 
@@ -16,7 +21,7 @@ import torch
 
 from harness.conditioned import ConditionedLayers
 from harness.errors import LambenchError
-from harness.sparse import masked_convs, random_mask, top_mask
+from harness.sparse import apply_masks, epoch_prune, masked_convs, prune_rate_at, random_mask, top_mask
 
 from .base import eval_mode, register
 from .float import CLEAN_BELOW, FLOAT
@@ -25,16 +30,26 @@ from .float import CLEAN_BELOW, FLOAT
 @register("smart")
 class SMART(FLOAT):
     options = {"masks": ("complement", "overlap", "magnitude"), "density": (0.5, float),
-               "adv_density": (0.5, float), "stages": ("last2", "all"), "mix": ("noise", "paths")}
+               "adv_density": (0.5, float), "stages": ("last2", "all"), "mix": ("noise", "paths"),
+               "sparse": ("off", "on"), "sparse_density": (0.5, float), "prune_rate": (0.5, float),
+               "redistribution": ("momentum", "none")}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if not (0 < self.opts["density"] < 1 and 0 < self.opts["adv_density"] <= 1):
             raise LambenchError("smart: --opt density must be in (0, 1) and adv_density in (0, 1]")
+        self.sparse = self.opts["sparse"] == "on"
+        if self.sparse and self.opts["stages"] == "all":
+            raise LambenchError("smart: --opt sparse=on sparsifies the shared stages, and stages=all leaves none; "
+                                "use stages=last2")
+        if not 0 < self.opts["sparse_density"] <= 1 or not 0 <= self.opts["prune_rate"] < 1:
+            raise LambenchError("smart: --opt sparse_density must be in (0, 1] and prune_rate in [0, 1), "
+                                "e.g. --opt sparse_density=0.5 --opt prune_rate=0.5")
 
     def layers(self):
         self.factory = ConditionedLayers(noisy=True, mask_paths=("clean", "adv"), noisy_masked=False,
-                                         mask_last_stages=2 if self.opts["stages"] == "last2" else None)
+                                         mask_last_stages=2 if self.opts["stages"] == "last2" else None,
+                                         shared_mask=self.sparse)
         return self.factory
 
     def build_model(self, arch, info):
@@ -42,11 +57,25 @@ class SMART(FLOAT):
         d, kind = self.opts["density"], self.opts["masks"]
         for conv in masked_convs(model):
             w = conv.weight.detach()
+            if conv.paths == ("",):  # a shared convolution of sparse=on
+                conv.mask.copy_(random_mask(w, self.opts["sparse_density"]))
+                continue
             clean = top_mask(w.abs(), round(d * w.numel())) if kind == "magnitude" else random_mask(w, d)
             adv = random_mask(w, self.opts["adv_density"]) if kind == "overlap" else 1 - clean
             conv.mask_clean.copy_(clean)
             conv.mask_adv.copy_(adv)
+        apply_masks(model)
         return model
+
+    def after_step(self, model, optimizer):
+        if self.sparse:
+            apply_masks(model)
+
+    def end_epoch(self, model, epoch, first_batch, optimizer=None):
+        if not self.sparse:
+            return {}
+        rate = prune_rate_at(self.opts["prune_rate"], epoch, self.cfg.epochs)
+        return epoch_prune(model, optimizer, rate, self.opts["redistribution"] == "momentum")
 
     def is_random(self, lam):
         has_noise = self.opts["stages"] == "last2"

@@ -219,3 +219,68 @@ def test_smart_mix_paths_interpolates_the_logits():
         mid = f(x)
     assert torch.allclose(mid, 0.7 * clean + 0.3 * adv, atol=1e-5)
     assert not method.is_random(0.5)
+
+
+def test_smart_sparse_masks_the_shared_stages_as_floats_does():
+    """sparse=on: every shared convolution gets one mask at sparse_density (noise masked, dense gradient),
+    the expert paths keep their two masks and their own gradients."""
+    method, model = _smart_model(sparse="on", sparse_density=0.25)
+    single = [c for c in masked_convs(model) if c.paths == ("",)]
+    paths = [c for c in masked_convs(model) if len(c.paths) == 2]
+    assert len(paths) == 20 and len(single) == 1 + 2 * (3 + 4) + 1  # stem, stages 0-1's convs, one shortcut
+    for conv in single:
+        assert conv.noisy and conv.mask_noise and conv.dense_grad
+        assert conv.mask.mean().item() == pytest.approx(0.25, abs=1 / conv.mask.numel())
+        assert (conv.weight[conv.mask == 0] == 0).all()
+    assert all(not c.dense_grad and not c.noisy for c in paths)
+    method.factory.cond.set(clean=False, noise=1.0)
+    conv = single[1]
+    assert (conv.effective_weight()[conv.mask == 0] == 0).all(), "the noise is masked: sparse at every lambda"
+
+
+def test_smart_sparse_prunes_and_regrows_the_shared_masks_only():
+    torch.manual_seed(0)
+    method = _method("smart", sparse="on", stages="last2")
+    model = method.build_model("preact_resnet18", CIFAR)
+    paths_before = [(c.mask_clean.clone(), c.mask_adv.clone()) for c in masked_convs(model) if len(c.paths) == 2]
+    opt, _ = optimizer_for(model, TrainConfig(lr=0.05), 10)
+    model.train()
+    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    loss, _, _ = method.train_step(model, x, y)
+    loss.backward()
+    opt.step()
+    method.after_step(model, opt)
+    single = [c for c in masked_convs(model) if c.paths == ("",)]
+    assert all((c.weight[c.mask == 0] == 0).all() for c in single), "W <- W*M after every step"
+    before = [c.mask.clone() for c in single]
+    stats = method.end_epoch(model, 0, None, opt)
+    assert stats["prune_rate"] == 0.5 and stats["pruned"] == stats["regrown"] > 0
+    assert stats["density"] == pytest.approx(0.5, abs=1e-3)
+    assert any((c.mask != b).any() for c, b in zip(single, before))
+    for (clean, adv), conv in zip(paths_before, [c for c in masked_convs(model) if len(c.paths) == 2]):
+        assert torch.equal(clean, conv.mask_clean) and torch.equal(adv, conv.mask_adv)
+    assert method.end_epoch(model, 3, None, opt)["prune_rate"] == 0.0
+
+
+def test_smart_sparse_uses_fewer_weights_at_every_lambda():
+    """At every lambda the forward leaves out exactly the shared convolutions' masked-off weights."""
+    from harness.complexity import count, used_masks
+    counts, saved = {}, 0
+    for sparse in ("off", "on"):
+        method, model = _smart_model(sparse=sparse)
+        x1 = torch.rand(1, 3, 32, 32)
+        counts[sparse] = []
+        for lam in (0.0, 0.5, 1.0):
+            with method.configure(model, lam) as forward:
+                counts[sparse].append(count(used_masks(forward, model, x1)))
+    saved = sum(int((c.mask == 0).sum()) for c in masked_convs(model) if c.paths == ("",))
+    assert saved > 600_000  # half of ResNet-34's stem and first two stages (1.34M weights)
+    assert [d - s for d, s in zip(counts["off"], counts["on"])] == [saved] * 3
+    assert _method("smart").sparse is False
+
+
+def test_smart_sparse_options_are_checked():
+    with pytest.raises(LambenchError, match="stages=last2"):
+        _method("smart", sparse="on", stages="all")
+    with pytest.raises(LambenchError, match="sparse_density"):
+        _method("smart", sparse="on", sparse_density=0)

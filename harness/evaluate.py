@@ -23,7 +23,7 @@ from .banks import weights_fixed
 from .config import EvalConfig
 from .data import Dataset, DeviceLoader
 from .errors import LambenchError
-from .store import PartialRows, result_row
+from .store import LambdaRows, result_row
 
 NAN = float("nan")
 AA_MODES = ("standard", "rand", "off")
@@ -74,12 +74,12 @@ def check_attacks(cfg: EvalConfig, random: bool) -> list[tuple[AttackSpec, str]]
 
 
 def evaluate(method, model, data: Dataset, cfg: EvalConfig, eps: float, seed: int = 0,
-             progress: bool = True, partial: PartialRows | None = None) -> list[dict]:
+             progress: bool = True, scored: LambdaRows | None = None) -> list[dict]:
     """Rows ``{lambda, metric, value, attack, n[, eps, precision, detail]}`` for every lambda of
     ``method.eval_grid(cfg.lambdas)`` (the method's grid unless ``--lambdas`` gave one), then per-job rows
     (lambda NaN): ``params``, ``stored_params``; for a method with several variants (OATS's widths) all of
-    them per variant, with ``method`` = ``<name>-<variant>``. ``partial`` keeps each finished lambda's rows
-    (and gives back those of an earlier, stopped evaluation under the same settings); one process only."""
+    them per variant, with ``method`` = ``<name>-<variant>``. ``scored`` keeps each scored lambda's rows
+    (and gives back those an earlier evaluation scored under the same settings); one process only."""
     if cfg.aa not in AA_MODES:
         raise LambenchError(f"unknown AutoAttack mode {cfg.aa!r}; use one of {', '.join(AA_MODES)}")
     x, y = (data.x_test, data.y_test) if cfg.n is None else (data.x_test[:cfg.n], data.y_test[:cfg.n])
@@ -88,7 +88,7 @@ def evaluate(method, model, data: Dataset, cfg: EvalConfig, eps: float, seed: in
     sub = _loader(x[:n_chk], y[:n_chk], cfg.batch_size)
     grid, variants = method.eval_grid(cfg.lambdas), method.variants()
     if distributed.active():
-        partial = None  # ranks share the work of every lambda; a cache would have to agree across them
+        scored = None  # ranks share the work of every lambda; a cache would have to agree across them
 
     def steps(lam):  # progress-bar steps of one lambda
         random = method.is_random(lam)
@@ -100,19 +100,19 @@ def evaluate(method, model, data: Dataset, cfg: EvalConfig, eps: float, seed: in
               disable=not (progress and distributed.is_main()), dynamic_ncols=True) as bar:
         for name in variants:
             with method.variant(name):
-                part = _score(method, model, x, y, loader, sub, cfg, eps, seed, bar, grid, steps, partial, name)
+                part = _score(method, model, x, y, loader, sub, cfg, eps, seed, bar, grid, steps, scored, name)
             rows += [r | {"method": f"{method.name}-{name}"} for r in part] if name else part
     return rows
 
 
 def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: int, bar, grid, steps,
-           partial, variant) -> list[dict]:
+           scored, variant) -> list[dict]:
     """``evaluate``'s rows for the model as ``method`` configures it now (one variant)."""
     x_img = x[: max(1, min(len(x), 256))].float() / 255
     measure = cfg.complexity and distributed.is_main()  # timings on one process; rank 0 writes the rows
     rows, stored = [], None
     for lam in grid:
-        part = partial.get(variant, lam) if partial else None
+        part = scored.get(variant, lam) if scored else None
         with method.configure(model, lam) as forward:
             # the entries used at this lambda: its nonzero_params, and with the others what a deployment stores
             used = complexity.used_masks(forward, model, x_img[:1]) if measure else None
@@ -123,9 +123,9 @@ def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: 
                     part = _score_lambda(method, model, forward, lam, x, y, loader, sub, cfg, eps, seed, bar)
                 if used is not None:
                     part += _cost_rows(forward, model, lam, x_img, used)
-                if partial:
-                    partial.put(variant, lam, part)
-            else:  # scored before this evaluation was stopped
+                if scored:
+                    scored.put(variant, lam, part)
+            else:  # scored before: by an evaluation that was stopped, or over another lambda grid
                 bar.update(steps(lam))
         if measure:
             stored = complexity.union(stored, used)

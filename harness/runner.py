@@ -27,7 +27,7 @@ from .data import Dataset, dataset_eps, load_dataset
 from .errors import LambenchError
 from .evaluate import evaluate
 from .executor import ExecutorConfig, check as check_executor, submit_and_wait
-from .store import PartialRows, assemble, read_json, result_row, write_csv, write_json, write_text
+from .store import LambdaRows, assemble, read_json, result_row, write_csv, write_json, write_text
 from .train import precision_of, train
 
 
@@ -215,8 +215,8 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     trained = len(shard.x_train) * distributed.world_size()
     t_eval = time.perf_counter()
     settings = {k: v for k, v in _eval_settings(job, cfg).items() if k != "lambdas"}  # a lambda's rows do not
-    partial = PartialRows(job_dir / "partial", settings | {"seed": job.seed})  # depend on the others
-    rows = evaluate(method, model, data, cfg.eval, eps, seed=job.seed, progress=cfg.progress, partial=partial)
+    scored = LambdaRows(job_dir / "lambdas", settings | {"seed": job.seed})  # depend on the others
+    rows = evaluate(method, model, data, cfg.eval, eps, seed=job.seed, progress=cfg.progress, scored=scored)
     eval_s = time.perf_counter() - t_eval
     # training cost as rows with no lambda (they do not vary with it)
     seconds = sum(h["seconds"] for h in history)
@@ -237,7 +237,6 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     write_text(job_dir / "warnings.txt", "".join(line + "\n" for line in warnings))
     write_json(job_dir / "eval.json", _eval_settings(job, cfg))
     write_csv(job_dir / "rows.csv", pd.DataFrame([meta | {k: v for k, v in r.items() if k != "detail"} for r in rows]))
-    shutil.rmtree(job_dir / "partial", ignore_errors=True)
     _log_rows(rows, log)
     for line in warnings:
         log(f"  {line}")

@@ -6,8 +6,9 @@ Layout of ``<out>/<run>/``:
   <job>/epochs.csv      per-epoch loss, accuracy, images/s, wall-clock, CUDA peak memory
   <job>/rows.csv        this job's evaluation rows (written last: its presence marks the job done)
   <job>/eval.json       the evaluation settings rows.csv was produced with
-  <job>/partial/        while a job is being evaluated: each finished lambda's rows, so a stopped
-                        evaluation resumes at the next lambda (removed once rows.csv is written)
+  <job>/lambdas/        each lambda's rows as soon as they are scored, with the evaluation settings: a
+                        stopped evaluation resumes at the next lambda, and a later one under the same
+                        settings (another --lambdas) scores only the lambdas not scored before
   results.csv           every finished job's rows: one row per job x lambda x metric
 """
 from __future__ import annotations
@@ -68,10 +69,11 @@ def assemble(run_dir: Path) -> pd.DataFrame:
     return table
 
 
-class PartialRows:
-    """The rows of each (variant, lambda) an evaluation has finished, one JSON file each in ``folder``, kept
+class LambdaRows:
+    """The rows of each (variant, lambda) an evaluation has scored, one JSON file each in ``folder``, kept
     with the settings they were computed under and reused only under the same ones: an evaluation that is
-    stopped (preempted, killed, out of time) resumes at the lambda it was scoring."""
+    stopped (preempted, killed, out of time) resumes at the lambda it was scoring, and one over another
+    lambda grid (``--lambdas``) scores only the lambdas it has no rows for."""
 
     def __init__(self, folder: Path, settings: dict):
         self.folder, self.settings = Path(folder), json.loads(json.dumps(settings))

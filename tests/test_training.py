@@ -261,7 +261,8 @@ def test_no_training_step_waits_for_the_device():
 
 def test_a_stopped_evaluation_resumes_at_the_lambda_it_was_scoring(tmp_path, monkeypatch):
     """Evaluation stopped after three of FLOAT's eleven lambdas (say the job was preempted): the rerun scores
-    only the other eight, and every lambda's figures equal those of an evaluation never stopped."""
+    only the other eight, and every lambda's figures equal those of an evaluation never stopped. A later
+    evaluation over another lambda grid scores only its new lambdas; other settings score everything again."""
     import run_all
     from harness import evaluate
     args = ["--methods", "float", "--epochs", "1", "--subset", "128", "--eval-n", "40", "--aa", "off",
@@ -277,17 +278,25 @@ def test_a_stopped_evaluation_resumes_at_the_lambda_it_was_scoring(tmp_path, mon
     monkeypatch.setattr(evaluate, "_score_lambda", stop_after_three)
     assert run_all.main(args + ["--out", str(tmp_path / "a")]) == 130  # interrupted
     job = tmp_path / "a" / "smoke" / "float-digits-small_cnn-s0"
-    assert len(list((job / "partial").glob("*.json"))) == 3 and not (job / "rows.csv").exists()
+    assert len(list((job / "lambdas").glob("*.json"))) == 3 and not (job / "rows.csv").exists()
     scored.clear()
     monkeypatch.setattr(evaluate, "_score_lambda", lambda *a: scored.append(a[3]) or real(*a))
     assert run_all.main(args + ["--out", str(tmp_path / "a")]) == 0
     assert scored == [i / 10 for i in range(3, 11)], "only the lambdas not scored before"
-    assert not (job / "partial").exists()
+    assert len(list((job / "lambdas").glob("*.json"))) == 11, "every scored lambda's rows are kept"
     assert run_all.main(args + ["--out", str(tmp_path / "b")]) == 0  # the same job, never stopped
     resumed, whole = (pd.read_csv(tmp_path / d / "smoke" / "results.csv").dropna(subset=["lambda"]) for d in "ab")
     key = ["lambda", "metric", "attack"]
     pd.testing.assert_frame_equal(resumed.sort_values(key)[key + ["value"]].reset_index(drop=True),
                                   whole.sort_values(key)[key + ["value"]].reset_index(drop=True))
+    scored.clear()
+    assert run_all.main(args + ["--out", str(tmp_path / "a"), "--lambdas", "0,0.05,0.5,1"]) == 0
+    assert scored == [0.05], "a finer grid scores only the lambdas it adds"
+    finer = pd.read_csv(tmp_path / "a" / "smoke" / "results.csv").dropna(subset=["lambda"])
+    assert sorted(finer["lambda"].unique()) == [0, 0.05, 0.5, 1]
+    scored.clear()
+    assert run_all.main(args + ["--out", str(tmp_path / "a"), "--lambdas", "0,0.05,0.5,1", "--eval-n", "30"]) == 0
+    assert scored == [0, 0.05, 0.5, 1], "rows scored under other settings are not reused"
 
 
 def test_the_bench_runs_compiled_on_the_cpu_with_a_named_backend(capsys):

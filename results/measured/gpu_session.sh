@@ -1,43 +1,59 @@
 #!/usr/bin/env bash
-# The GPU measurements issues 3 and 4 still need, split into parts that each fit one 10-minute device call.
-# Run from the repository root on the GPU machine; each part appends what it prints to $OUT/<part>.txt
-# (the device tool's $OUT, else results/gpu-session/), so the figures come back with the command that made them.
+# The GPU measurements issues 3 and 4 still need, in parts that each fit one 10-minute device call.
+# Run from the repository root; each part appends what it prints to $OUT/<part>.txt (the device tool's $OUT,
+# else results/gpu-session/), so the figures come back with the command that made them.
 #
-# In this order (30 minutes of device time do not cover all; the first part closes an issue):
-#   bash results/measured/gpu_session.sh aa                     # issue 4: AutoAttack standard at 11 lambdas;
-#                                                               # resumable, repeat the call until it prints "done"
-#   bash results/measured/gpu_session.sh bench                  # eager images/s: pgd_at, oat, float at 128 and 512
-#   bash results/measured/gpu_session.sh compiled float 128     # --compile reduce-overhead, one method and batch
-#                                                               # (inductor compiles in the warm-up epoch: minutes)
+# A task that is lent a GPU has 15 minutes of device time in all (machine start included), so in this order:
+#   bash results/measured/gpu_session.sh prepare        # HERE, not on the GPU: .data/cifar10-subset and .pyaa
+#   device run, carry [".data", ".pyaa"], timeout_s 600:
+#     PYTHONPATH=$PWD/.pyaa bash results/measured/gpu_session.sh aa   # issue 4: AutoAttack standard at 11
+#                                                    # lambdas; resumable: if it did not print "done", call it
+#                                                    # again at once (the machine goes back after 30 s idle)
+#   then, with the time left:
+#     bash results/measured/gpu_session.sh bench      # issue 3: eager images/s, pgd_at, oat, float at 128, 512
+#     bash results/measured/gpu_session.sh compiled float 128   # --compile reduce-overhead (compiles: minutes)
 #
-# The aa part needs the CIFAR-10 subset in .data/cifar10-subset (see ../shared/data/README.md) and pyautoattack
-# importable (PYTHONPATH=$PWD/.pyaa with the wheel unpacked there). It resumes from results/gpu-aa (ignored by
-# git, so kept on a machine that stays warm between back-to-back calls; the checkpoint, 0.3 GB, is too big to
-# carry to a fresh one); the run's tables and finished lambdas are copied to $OUT each time.
+# A CPU dry run of aa's flags with a small model (AA_EXTRA's flags override the ones before them):
+#   AA_EXTRA="--arch small_cnn --subset 256 --epochs 1 --batch-size 64 --eval-n 20 --device cpu" OUT=/tmp/aa \
+#   PYTHONPATH=$PWD/.pyaa bash results/measured/gpu_session.sh aa
+# aa resumes from results/gpu-aa (ignored by git, so kept only on a machine that stays warm between
+# back-to-back calls; the checkpoint, 0.3 GB, is too big to carry to a fresh one); the run's tables and
+# finished lambdas are copied to $OUT each time.
 set -euo pipefail
 out=${OUT:-results/gpu-session}
+py=${PYTHON:-python3}   # the GPU machine's python3 holds torch; it may have no "python"
+part=${1:?which part: prepare, aa, bench, or compiled METHOD BATCH}
+if [ "$part" = prepare ]; then
+  # the CIFAR-10 subset (18 MB) and pyautoattack's code without its 45 MB of example weights, both git-ignored
+  mkdir -p .data && rm -rf .data/cifar10-subset && cp -r ../shared/data/cifar10-subset .data/
+  tmp=$(mktemp -d)
+  "$py" -m pip download -q --no-deps --only-binary=:all: -d "$tmp" pyautoattack
+  rm -rf .pyaa && mkdir .pyaa && unzip -q "$tmp"/pyautoattack-*.whl -x 'pyautoattack/examples/*' -d .pyaa
+  rm -rf "$tmp"
+  du -sh .data .pyaa
+  exit 0
+fi
 mkdir -p "$out"
-part=${1:?which part: bench, compiled METHOD BATCH, or aa}
 log="$out/$part.txt"
 run() { echo "\$ $*" | tee -a "$log"; "$@" 2>&1 | tee -a "$log"; }
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "no nvidia-smi"; } | tee -a "$log"
 
 case "$part" in
   bench)
-    run python -m harness.bench --methods pgd_at,oat,float --iters 40
-    run python -m harness.bench --methods pgd_at,oat,float --batch-size 512 --iters 20
+    run "$py" -m harness.bench --methods pgd_at,oat,float --iters 40
+    run "$py" -m harness.bench --methods pgd_at,oat,float --batch-size 512 --iters 20
     ;;
   compiled)
-    run python -m harness.bench --methods "${2:?method}" --batch-size "${3:-128}" --iters 40 --compile reduce-overhead
+    run "$py" -m harness.bench --methods "${2:?method}" --batch-size "${3:-128}" --iters 40 --compile reduce-overhead
     ;;
   aa)
     # OAT with the scalar encoding is deterministic at every lambda (FLOAT's noise would make lambda >= 0.1
-    # random and switch AutoAttack to its rand version); each finished lambda is kept in <job>/partial/
+    # random and switch AutoAttack to its rand version); each finished lambda is kept in <job>/lambdas/
     lambdas=0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1
     status=0
-    timeout -k 30 "${AA_SECONDS:-540}" python run_all.py --preset paper --methods oat --opt encoding=scalar \
+    timeout -k 30 "${AA_SECONDS:-540}" "$py" run_all.py --preset paper --methods oat --opt encoding=scalar \
       --dataset npz --data-root .data/cifar10-subset --epochs 10 --lambdas "$lambdas" --aa standard \
-      --eval-n 1000 --no-report --no-progress --out results/gpu-aa 2>&1 | tee -a "$log" || status=$?
+      --eval-n 1000 --eval-batch-size 1000 --no-report --no-progress --out results/gpu-aa ${AA_EXTRA:-} 2>&1 | tee -a "$log" || status=$?
     dest=$(cd "$out" && pwd)/gpu-aa
     mkdir -p "$dest" results/gpu-aa
     # neither checkpoints nor the temporary files of writes that the timeout interrupted
@@ -49,7 +65,7 @@ case "$part" in
     esac
     ;;
   *)
-    echo "unknown part $part: bench, compiled METHOD BATCH, or aa" >&2
+    echo "unknown part $part: prepare, aa, bench, or compiled METHOD BATCH" >&2
     exit 2
     ;;
 esac

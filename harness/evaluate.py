@@ -12,6 +12,7 @@ results are gathered in order, so the figures are those of one process (up to th
 from __future__ import annotations
 
 import statistics
+import time
 
 import torch
 from tqdm.auto import tqdm
@@ -117,6 +118,7 @@ def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: 
             # the entries used at this lambda: its nonzero_params, and with the others what a deployment stores
             used = complexity.used_masks(forward, model, x_img[:1]) if measure else None
             if part is None:
+                t0 = time.perf_counter()
                 # accuracy and attacks on fixed, frozen weights (attacks differentiate the input only); the
                 # cost rows below pay every pass in full
                 with weights_fixed(model), frozen(model.parameters()):
@@ -124,7 +126,7 @@ def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: 
                 if used is not None:
                     part += _cost_rows(forward, model, lam, x_img, used)
                 if scored:
-                    scored.put(variant, lam, part)
+                    scored.put(variant, lam, part, time.perf_counter() - t0)
             else:  # scored before: by an evaluation that was stopped, or over another lambda grid
                 bar.update(steps(lam))
         if measure:

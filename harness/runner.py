@@ -215,9 +215,10 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     trained = len(shard.x_train) * distributed.world_size()
     t_eval = time.perf_counter()
     settings = {k: v for k, v in _eval_settings(job, cfg).items() if k != "lambdas"}  # a lambda's rows do not
-    scored = LambdaRows(job_dir / "lambdas", settings | {"seed": job.seed})  # depend on the others
+    scored = LambdaRows(job_dir / "lambdas", settings | {  # depend on the others
+        "seed": job.seed, "device": device_name(device), "torch": torch.__version__})
     rows = evaluate(method, model, data, cfg.eval, eps, seed=job.seed, progress=cfg.progress, scored=scored)
-    eval_s = time.perf_counter() - t_eval
+    eval_s = time.perf_counter() - t_eval + scored.reused_s  # the lambdas scored before count as they took
     # training cost as rows with no lambda (they do not vary with it)
     seconds = sum(h["seconds"] for h in history)
     images = sum(h["seconds"] * h["images_per_s"] for h in history)

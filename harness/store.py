@@ -73,13 +73,16 @@ class LambdaRows:
     """The rows of each (variant, lambda) an evaluation has scored, one JSON file each in ``folder``, kept
     with the settings they were computed under and reused only under the same ones: an evaluation that is
     stopped (preempted, killed, out of time) resumes at the lambda it was scoring, and one over another
-    lambda grid (``--lambdas``) scores only the lambdas it has no rows for."""
+    lambda grid (``--lambdas``) scores only the lambdas it has no rows for. The settings name the device and
+    torch version too, so rows measured elsewhere are never passed off as this machine's. ``reused_s`` adds
+    up the scoring time of the lambdas given back, so a job's evaluation time counts every lambda once."""
 
     def __init__(self, folder: Path, settings: dict):
         self.folder, self.settings = Path(folder), json.loads(json.dumps(settings))
+        self.reused_s = 0.0
 
     def _path(self, variant: str, lam: float) -> Path:
-        return self.folder / f"{variant or 'model'}-lambda{lam:g}.json"
+        return self.folder / f"{variant or 'model'}-lambda{lam!r}.json"
 
     def get(self, variant: str, lam: float) -> list[dict] | None:
         if not self._path(variant, lam).exists():
@@ -88,7 +91,11 @@ class LambdaRows:
             saved = read_json(self._path(variant, lam))
         except ValueError:  # a file cut short is not a result
             return None
-        return saved["rows"] if saved.get("settings") == self.settings else None
+        if saved.get("settings") != self.settings or saved.get("lambda") != lam:
+            return None
+        self.reused_s += saved.get("seconds", 0.0)
+        return saved["rows"]
 
-    def put(self, variant: str, lam: float, rows: list[dict]) -> None:
-        write_json(self._path(variant, lam), {"settings": self.settings, "rows": rows})
+    def put(self, variant: str, lam: float, rows: list[dict], seconds: float) -> None:
+        write_json(self._path(variant, lam), {"settings": self.settings, "lambda": lam, "seconds": seconds,
+                                              "rows": rows})

@@ -1,4 +1,5 @@
 """Real training on the embedded digits: adversarial training works, runs resume, configs resolve."""
+import json
 import signal
 import subprocess
 import sys
@@ -292,11 +293,28 @@ def test_a_stopped_evaluation_resumes_at_the_lambda_it_was_scoring(tmp_path, mon
     scored.clear()
     assert run_all.main(args + ["--out", str(tmp_path / "a"), "--lambdas", "0,0.05,0.5,1"]) == 0
     assert scored == [0.05], "a finer grid scores only the lambdas it adds"
-    finer = pd.read_csv(tmp_path / "a" / "smoke" / "results.csv").dropna(subset=["lambda"])
+    table = pd.read_csv(tmp_path / "a" / "smoke" / "results.csv")
+    finer = table.dropna(subset=["lambda"])
     assert sorted(finer["lambda"].unique()) == [0, 0.05, 0.5, 1]
+    took = sum(json.loads((job / "lambdas" / f"model-lambda{lam!r}.json").read_text())["seconds"]
+               for lam in (0.0, 0.05, 0.5, 1.0))
+    assert table.loc[table.metric == "eval_time_s", "value"].item() >= took, "reused lambdas count as they took"
     scored.clear()
     assert run_all.main(args + ["--out", str(tmp_path / "a"), "--lambdas", "0,0.05,0.5,1", "--eval-n", "30"]) == 0
     assert scored == [0, 0.05, 0.5, 1], "rows scored under other settings are not reused"
+
+
+def test_lambda_rows_are_given_back_only_under_the_same_settings_device_and_lambda(tmp_path):
+    from harness.store import LambdaRows
+    settings = {"n": 40, "seed": 0, "device": "cpu", "torch": "2.14.1"}
+    LambdaRows(tmp_path, settings).put("", 0.3, [{"metric": "clean_acc", "value": 0.9}], 2.5)
+    again = LambdaRows(tmp_path, settings)
+    assert again.get("", 0.3) == [{"metric": "clean_acc", "value": 0.9}] and again.reused_s == 2.5
+    assert LambdaRows(tmp_path, settings | {"device": "NVIDIA H100 80GB HBM3"}).get("", 0.3) is None
+    assert LambdaRows(tmp_path, settings | {"n": 30}).get("", 0.3) is None
+    assert again.get("", 0.3000001) is None and again.get("w0.5", 0.3) is None
+    (tmp_path / "model-lambda0.3.json").write_text('{"settings": ')  # a write cut short
+    assert again.get("", 0.3) is None
 
 
 def test_the_bench_runs_compiled_on_the_cpu_with_a_named_backend(capsys):

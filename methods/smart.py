@@ -12,8 +12,10 @@ the adversarial path with noise alpha * lambda * eta on the shared layers, or (`
 
 ``sparse=on`` trains the shared stages sparse as FLOATS does: each of their convolutions gets one random mask
 at ``sparse_density`` (default 0.5), W <- W * M after every optimiser step, the noise masked too, and after
-every epoch FLOATS's prune and regrow (``prune_rate``, ``redistribution``) over those masks. The two paths'
-masks stay as drawn. With the default masks every lambda's forward then uses half of every convolution.
+every epoch FLOATS's prune and regrow (``sparse_prune_rate``, ``sparse_redistribution``: FLOATS's
+``prune_rate`` and ``redistribution``) over those masks. The two paths' masks stay as drawn, and are the same
+as with ``sparse=off`` at the same seed. With the default masks a lambda's forward then uses half of every
+convolution (``mix=paths`` between the ends runs both paths: all of the masked ones).
 """
 from contextlib import contextmanager
 
@@ -31,8 +33,8 @@ from .float import CLEAN_BELOW, FLOAT
 class SMART(FLOAT):
     options = {"masks": ("complement", "overlap", "magnitude"), "density": (0.5, float),
                "adv_density": (0.5, float), "stages": ("last2", "all"), "mix": ("noise", "paths"),
-               "sparse": ("off", "on"), "sparse_density": (0.5, float), "prune_rate": (0.5, float),
-               "redistribution": ("momentum", "none")}
+               "sparse": ("off", "on"), "sparse_density": (0.5, float), "sparse_prune_rate": (0.5, float),
+               "sparse_redistribution": ("momentum", "none")}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -42,9 +44,9 @@ class SMART(FLOAT):
         if self.sparse and self.opts["stages"] == "all":
             raise LambenchError("smart: --opt sparse=on sparsifies the shared stages, and stages=all leaves none; "
                                 "use stages=last2")
-        if not 0 < self.opts["sparse_density"] <= 1 or not 0 <= self.opts["prune_rate"] < 1:
-            raise LambenchError("smart: --opt sparse_density must be in (0, 1] and prune_rate in [0, 1), "
-                                "e.g. --opt sparse_density=0.5 --opt prune_rate=0.5")
+        if not 0 < self.opts["sparse_density"] <= 1 or not 0 <= self.opts["sparse_prune_rate"] < 1:
+            raise LambenchError("smart: --opt sparse_density must be in (0, 1] and sparse_prune_rate in [0, 1), "
+                                "e.g. --opt sparse_density=0.5 --opt sparse_prune_rate=0.5")
 
     def layers(self):
         self.factory = ConditionedLayers(noisy=True, mask_paths=("clean", "adv"), noisy_masked=False,
@@ -55,15 +57,15 @@ class SMART(FLOAT):
     def build_model(self, arch, info):
         model = super().build_model(arch, info)
         d, kind = self.opts["density"], self.opts["masks"]
-        for conv in masked_convs(model):
+        convs = masked_convs(model)
+        for conv in [c for c in convs if len(c.paths) == 2]:  # first, so sparse=on draws the same ones
             w = conv.weight.detach()
-            if conv.paths == ("",):  # a shared convolution of sparse=on
-                conv.mask.copy_(random_mask(w, self.opts["sparse_density"]))
-                continue
             clean = top_mask(w.abs(), round(d * w.numel())) if kind == "magnitude" else random_mask(w, d)
             adv = random_mask(w, self.opts["adv_density"]) if kind == "overlap" else 1 - clean
             conv.mask_clean.copy_(clean)
             conv.mask_adv.copy_(adv)
+        for conv in [c for c in convs if c.paths == ("",)]:  # the shared convolutions of sparse=on
+            conv.mask.copy_(random_mask(conv.weight, self.opts["sparse_density"]))
         apply_masks(model)
         return model
 
@@ -74,8 +76,8 @@ class SMART(FLOAT):
     def end_epoch(self, model, epoch, first_batch, optimizer=None):
         if not self.sparse:
             return {}
-        rate = prune_rate_at(self.opts["prune_rate"], epoch, self.cfg.epochs)
-        return epoch_prune(model, optimizer, rate, self.opts["redistribution"] == "momentum")
+        rate = prune_rate_at(self.opts["sparse_prune_rate"], epoch, self.cfg.epochs)
+        return epoch_prune(model, optimizer, rate, self.opts["sparse_redistribution"] == "momentum")
 
     def is_random(self, lam):
         has_noise = self.opts["stages"] == "last2"

@@ -236,6 +236,9 @@ def test_smart_sparse_masks_the_shared_stages_as_floats_does():
     method.factory.cond.set(clean=False, noise=1.0)
     conv = single[1]
     assert (conv.effective_weight()[conv.mask == 0] == 0).all(), "the noise is masked: sparse at every lambda"
+    _, dense = _smart_model(sparse="off")  # the same seed draws the same expert masks, on or off
+    for a, b in zip(paths, [c for c in masked_convs(dense) if len(c.paths) == 2]):
+        assert torch.equal(a.mask_clean, b.mask_clean) and torch.equal(a.mask_adv, b.mask_adv)
 
 
 def test_smart_sparse_prunes_and_regrows_the_shared_masks_only():

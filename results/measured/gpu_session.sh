@@ -8,7 +8,8 @@
 #   device run, carry [".data", ".pyaa"], timeout_s 600:
 #     PYTHONPATH=$PWD/.pyaa bash results/measured/gpu_session.sh aa   # issue 4: AutoAttack standard at 11
 #                                                    # lambdas; resumable: if it did not print "done", call it
-#                                                    # again at once (the machine goes back after 30 s idle)
+#                                                    # again at once (the machine goes back after 30 s idle),
+#                                                    # with AA_SECONDS=<status's budget_left_s - 60>
 #   then, with the time left:
 #     bash results/measured/gpu_session.sh bench      # issue 3: eager images/s, pgd_at, oat, float at 128, 512
 #     bash results/measured/gpu_session.sh compiled float 128   # --compile reduce-overhead (compiles: minutes)
@@ -20,11 +21,12 @@
 # back-to-back calls; the checkpoint, 0.3 GB, is too big to carry to a fresh one); the run's tables and
 # finished lambdas are copied to $OUT each time.
 set -euo pipefail
+export PYTHONUNBUFFERED=1  # what python printed comes back even from a call that is cut short
 out=${OUT:-results/gpu-session}
 py=${PYTHON:-python3}   # the GPU machine's python3 holds torch; it may have no "python"
 part=${1:?which part: prepare, aa, bench, or compiled METHOD BATCH}
 if [ "$part" = prepare ]; then
-  # the CIFAR-10 subset (18 MB) and pyautoattack's code without its 45 MB of example weights, both git-ignored
+  # the CIFAR-10 subset (18 MB) and pyautoattack's code without its example weights (its wheel: 42 MB), git-ignored
   mkdir -p .data && rm -rf .data/cifar10-subset && cp -r ../shared/data/cifar10-subset .data/
   tmp=$(mktemp -d)
   "$py" -m pip download -q --no-deps --only-binary=:all: -d "$tmp" pyautoattack
@@ -50,17 +52,23 @@ case "$part" in
     # OAT with the scalar encoding is deterministic at every lambda (FLOAT's noise would make lambda >= 0.1
     # random and switch AutoAttack to its rand version); each finished lambda is kept in <job>/lambdas/
     lambdas=0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1
+    dest=$(mkdir -p "$out/gpu-aa" && cd "$out/gpu-aa" && pwd)
+    mkdir -p results/gpu-aa
+    # neither checkpoints nor the temporary files of interrupted writes; also every 20 s while it runs, so a
+    # call that the device tool ends before this script does still brings back the lambdas it finished
+    keep() { (cd results/gpu-aa && find . -type f ! -name '*.pt' ! -name '*.tmp' -exec cp --parents {} "$dest/" \;); }
+    ( while sleep 20; do keep 2>/dev/null || true; done ) &
+    copier=$!
     status=0
     timeout -k 30 "${AA_SECONDS:-540}" "$py" run_all.py --preset paper --methods oat --opt encoding=scalar \
       --dataset npz --data-root .data/cifar10-subset --epochs 10 --lambdas "$lambdas" --aa standard \
       --eval-n 1000 --eval-batch-size 1000 --no-report --no-progress --out results/gpu-aa ${AA_EXTRA:-} 2>&1 | tee -a "$log" || status=$?
-    dest=$(cd "$out" && pwd)/gpu-aa
-    mkdir -p "$dest" results/gpu-aa
-    # neither checkpoints nor the temporary files of writes that the timeout interrupted
-    (cd results/gpu-aa && find . -type f ! -name '*.pt' ! -name '*.tmp' -exec cp --parents {} "$dest/" \;)
+    kill "$copier" 2>/dev/null || true
+    keep
     case "$status" in
       0) echo done | tee -a "$log" ;;
-      124|137) echo "stopped by the time limit: call again, it resumes" | tee -a "$log" ;;
+      124) echo "stopped at AA_SECONDS=${AA_SECONDS:-540}: call again, it resumes" | tee -a "$log" ;;
+      137) echo "killed (30 s after the time limit, or out of memory): call again, it resumes" | tee -a "$log" ;;
       *) echo "failed ($status): see $log" | tee -a "$log"; exit "$status" ;;
     esac
     ;;

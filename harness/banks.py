@@ -129,37 +129,70 @@ def noise_scales(bases: list, groups: dict, noise: float) -> torch.Tensor:
     return (stds[0] if len(stds) == 1 else torch.cat(stds)) * noise
 
 
+def _flat_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """``_flat`` for a tensor that carries a gradient: only views, so the backward pass is cheap
+    (``as_strided``'s backward would fill a buffer of the whole storage)."""
+    if t.is_contiguous():
+        return t.view(-1)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1)  # memory order: a view
+    return t.reshape(-1)
+
+
+def _unflat(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The vector ``v`` (``_flat_with_grad(t)``'s order) as a tensor of ``t``'s shape and memory layout."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        o, i, h, w = t.shape
+        return v.view(o, h, w, i).permute(0, 3, 1, 2)
+    return v.view(t.shape)
+
+
 def noisy_weights(convs: list, noise: float, path: str | None = None, groups: dict | None = None,
-                  kept: dict | None = None) -> list:
+                  kept: dict | None = None, repeats: torch.Tensor | None = None) -> list:
     """The weight of each of ``convs`` for one pass, W~ = W' + alpha * noise * std(W') * eta, W' the weight
     masked for ``path`` (``CondConv2d.masked_weight``), eta ~ N(0, 1), times the noise mask where there is
-    one; std and eta carry no gradient. One ``randn`` for all, one stacked ``std`` per group of ``groups``
-    (``noise_groups(convs)``), one product for all alphas, one fused multiply-add per convolution, so alpha
-    gets its gradient. ``kept``: where the weights cannot change between calls (``weights_fixed``), a dict
-    that keeps the ``noise_scales`` from the first call for the next ones."""
+    one; std and eta carry no gradient. All of it on one vector of every W', in the order of ``groups``
+    (``noise_groups(convs)``): one ``randn``, one stacked ``std`` per group, one product for all alphas, one
+    fused multiply-add for every weight, split back into views, so alpha and W get their gradients.
+    ``kept``: where the weights and masks cannot change between calls (``weights_fixed``), a dict that keeps
+    the ``noise_scales`` and the flat noise mask from the first call for the next ones. ``repeats``: each
+    weight's size in that order, on the weights' device (``weight_sizes``; made here if not given, at the
+    cost of a copy to the device)."""
     groups = noise_groups(convs) if groups is None else groups
-    bases = [c.masked_weight(path) for c in convs]
+    order = [i for idx in groups.values() for i in idx]
+    by_conv = [c.masked_weight(path) for c in convs]
+    bases = [by_conv[i] for i in order]
     key = (noise, path or convs[0].cond.path)
     scales = None if kept is None else kept.get(key)
     if scales is None:
-        scales = noise_scales(bases, groups, noise)
+        scales = noise_scales(by_conv, groups, noise)
         if kept is not None:
             kept[key] = scales
-    order = [i for idx in groups.values() for i in idx]
-    scale = dict(zip(order, (torch.stack([convs[i].alpha for i in order]) * scales).unbind()))
-    ref = bases[0]
-    eta = torch.randn(sum(b.numel() for b in bases), device=ref.device, dtype=ref.dtype)
+    ref, sizes = bases[0], [b.numel() for b in bases]
+    mask = None if kept is None else kept.get(("mask", *key))
+    if mask is None:
+        masks = [convs[i].noise_mask(path) for i in order]
+        if any(m is not None for m in masks):
+            mask = torch.cat([torch.ones(n, device=ref.device, dtype=ref.dtype) if m is None else _flat(m)
+                              for m, n in zip(masks, sizes)])
+            if kept is not None:
+                kept[("mask", *key)] = mask
+    eta = torch.randn(sum(sizes), device=ref.device, dtype=ref.dtype)
+    if mask is not None:
+        eta = eta * mask
+    repeats = weight_sizes(bases) if repeats is None else repeats
+    scale = torch.stack([convs[i].alpha for i in order]) * scales  # alpha * noise * std(W'), one per weight
+    flat = torch.addcmul(torch.cat([_flat_with_grad(b) for b in bases]), eta,
+                         scale.repeat_interleave(repeats, output_size=len(eta)))
     out: list = [None] * len(convs)
-    offset = 0
-    for (n, _), idx in groups.items():
-        block = eta[offset:offset + n * len(idx)].view(len(idx), n)
-        offset += n * len(idx)
-        masks = [convs[i].noise_mask(path) for i in idx]
-        if masks[0] is not None:
-            block = block * torch.stack([_flat(m) for m in masks])
-        for i, eta_i in zip(idx, block.unbind()):
-            out[i] = torch.addcmul(bases[i], _shaped_like(eta_i, bases[i]), scale[i])
+    for i, piece, base in zip(order, flat.split(sizes), bases):
+        out[i] = _unflat(piece, base)
     return out
+
+
+def weight_sizes(weights: list) -> torch.Tensor:
+    """Each weight's number of entries, as a tensor on their device (``repeat_interleave``'s repeats)."""
+    return torch.tensor([w.numel() for w in weights], device=weights[0].device)
 
 
 class NoiseBank(_PassBank):
@@ -173,10 +206,21 @@ class NoiseBank(_PassBank):
         super().__init__(convs)
         self.convs = convs
         self.groups = noise_groups(convs)
+        self.owner: nn.Module | None = None  # the model that holds ``noise_sizes`` (``install``)
+
+    def install(self, model: nn.Module) -> None:
+        """Also gives ``model`` the weights' sizes as a buffer (not saved), so they move with the model: made
+        at each pass, they would be a copy to the device that waits for the work queued before it."""
+        if self not in getattr(model, "banks", ()):
+            order = [self.convs[i].weight for idx in self.groups.values() for i in idx]
+            model.register_buffer("noise_sizes", weight_sizes(order), persistent=False)
+            self.owner = model
+        super().install(model)
 
     def _pass(self, kept: dict | None) -> list:
         # the noise of the layers' own Condition (one per model), which follows a layer pointed at another
-        return noisy_weights(self.convs, self.convs[0].cond.noise, groups=self.groups, kept=kept)
+        return noisy_weights(self.convs, self.convs[0].cond.noise, groups=self.groups, kept=kept,
+                             repeats=self.owner.noise_sizes if self.owner is not None else None)
 
 
 @contextmanager

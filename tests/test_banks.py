@@ -57,9 +57,12 @@ def test_bank_draws_each_weight_from_its_own_distribution():
     assert len(same) > 1 and torch.corrcoef(torch.stack([a, b]))[0, 1].abs() < 0.05, "independent per layer"
 
 
-def test_bank_gradients_reach_weights_and_each_alpha():
-    """dW~/dW = 1 (std and eta carry no gradient) and d loss / d alpha = sum(d loss / d W~ * lambda std(W) eta)."""
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_bank_gradients_reach_weights_and_each_alpha(layout):
+    """dW~/dW = 1 (std and eta carry no gradient) and d loss / d alpha = sum(d loss / d W~ * lambda std(W) eta),
+    also for weights in channels_last (as on CUDA), whose flat order is their memory order."""
     method, model, convs = _model()
+    model.to(memory_format=layout)
     used, grads = _capture(convs), {}
     lam = 0.8
     method.factory.cond.set(clean=False, noise=lam)
@@ -113,8 +116,9 @@ class _Ops(TorchDispatchMode):
 
 
 def test_one_noisy_pass_draws_once_and_takes_one_std_per_size():
-    """What makes the bank worth having on a GPU at small batches: one ``randn`` per pass and one ``std``
-    per group of equally sized weights (11 in ResNet-34), not one of each per convolution (36)."""
+    """What makes the bank worth having on a GPU at small batches: one ``randn`` per pass, one ``std``
+    per group of equally sized weights (11 in ResNet-34) and one multiply-add for all weights, not one of
+    each per convolution (36)."""
     method, model, convs = _model()
     method.factory.cond.set(clean=False, noise=1.0)
     with torch.no_grad(), _Ops() as ops:
@@ -123,7 +127,8 @@ def test_one_noisy_pass_draws_once_and_takes_one_std_per_size():
     assert len(sizes) == 11
     assert ops.calls["aten.randn"] == 1 and ops.calls["aten.randn_like"] == 0
     assert ops.calls["aten.std"] == len(sizes)
-    assert ops.calls["aten.addcmul"] == len(convs)
+    assert ops.calls["aten.addcmul"] == 1 and ops.calls["aten.mul"] == 2  # alphas * scales; noise * lambda
+    assert ops.calls["aten._local_scalar_dense"] == 0 and ops.calls["aten._to_copy"] == 0, "nothing waits"
 
 
 def test_fixed_weights_take_std_once_and_the_next_weights_their_own():

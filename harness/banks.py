@@ -148,16 +148,15 @@ def _unflat(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def noisy_weights(convs: list, noise: float, path: str | None = None, groups: dict | None = None,
-                  kept: dict | None = None, repeats: torch.Tensor | None = None) -> list:
+                  kept: dict | None = None) -> list:
     """The weight of each of ``convs`` for one pass, W~ = W' + alpha * noise * std(W') * eta, W' the weight
     masked for ``path`` (``CondConv2d.masked_weight``), eta ~ N(0, 1), times the noise mask where there is
     one; std and eta carry no gradient. All of it on one vector of every W', in the order of ``groups``
-    (``noise_groups(convs)``): one ``randn``, one stacked ``std`` per group, one product for all alphas, one
-    fused multiply-add for every weight, split back into views, so alpha and W get their gradients.
-    ``kept``: where the weights and masks cannot change between calls (``weights_fixed``), a dict that keeps
-    the ``noise_scales`` and the flat noise mask from the first call for the next ones. ``repeats``: each
-    weight's size in that order, on the weights' device (``weight_sizes``; made here if not given, at the
-    cost of a copy to the device)."""
+    (``noise_groups(convs)``): one ``randn``, one stacked ``std`` per group, one product for all alphas, and
+    one fused multiply-add per group (its weights as the rows of a block, each row scaled by its own
+    alpha * noise * std), unbound into views, so alpha and W get their gradients. ``kept``: where the
+    weights and masks cannot change between calls (``weights_fixed``), a dict that keeps the
+    ``noise_scales`` and the flat noise mask from the first call for the next ones."""
     groups = noise_groups(convs) if groups is None else groups
     order = [i for idx in groups.values() for i in idx]
     by_conv = [c.masked_weight(path) for c in convs]
@@ -180,19 +179,17 @@ def noisy_weights(convs: list, noise: float, path: str | None = None, groups: di
     eta = torch.randn(sum(sizes), device=ref.device, dtype=ref.dtype)
     if mask is not None:
         eta = eta * mask
-    repeats = weight_sizes(bases) if repeats is None else repeats
     scale = torch.stack([convs[i].alpha for i in order]) * scales  # alpha * noise * std(W'), one per weight
-    flat = torch.addcmul(torch.cat([_flat_with_grad(b) for b in bases]), eta,
-                         scale.repeat_interleave(repeats, output_size=len(eta)))
+    flat, parts, offset, first = torch.cat([_flat_with_grad(b) for b in bases]), [], 0, 0
+    for idx in groups.values():  # one multiply-add per group of equally sized weights: [k, n] blocks
+        k, n = len(idx), sizes[first]
+        block = slice(offset, offset + k * n)
+        parts += torch.addcmul(flat[block].view(k, n), eta[block].view(k, n), scale[first:first + k, None]).unbind()
+        offset, first = offset + k * n, first + k
     out: list = [None] * len(convs)
-    for i, piece, base in zip(order, flat.split(sizes), bases):
+    for i, piece, base in zip(order, parts, bases):
         out[i] = _unflat(piece, base)
     return out
-
-
-def weight_sizes(weights: list) -> torch.Tensor:
-    """Each weight's number of entries, as a tensor on their device (``repeat_interleave``'s repeats)."""
-    return torch.tensor([w.numel() for w in weights], device=weights[0].device)
 
 
 class NoiseBank(_PassBank):
@@ -206,21 +203,10 @@ class NoiseBank(_PassBank):
         super().__init__(convs)
         self.convs = convs
         self.groups = noise_groups(convs)
-        self.owner: nn.Module | None = None  # the model that holds ``noise_sizes`` (``install``)
-
-    def install(self, model: nn.Module) -> None:
-        """Also gives ``model`` the weights' sizes as a buffer (not saved), so they move with the model: made
-        at each pass, they would be a copy to the device that waits for the work queued before it."""
-        if self not in getattr(model, "banks", ()):
-            order = [self.convs[i].weight for idx in self.groups.values() for i in idx]
-            model.register_buffer("noise_sizes", weight_sizes(order), persistent=False)
-            self.owner = model
-        super().install(model)
 
     def _pass(self, kept: dict | None) -> list:
         # the noise of the layers' own Condition (one per model), which follows a layer pointed at another
-        return noisy_weights(self.convs, self.convs[0].cond.noise, groups=self.groups, kept=kept,
-                             repeats=self.owner.noise_sizes if self.owner is not None else None)
+        return noisy_weights(self.convs, self.convs[0].cond.noise, groups=self.groups, kept=kept)
 
 
 @contextmanager

@@ -116,9 +116,9 @@ class _Ops(TorchDispatchMode):
 
 
 def test_one_noisy_pass_draws_once_and_takes_one_std_per_size():
-    """What makes the bank worth having on a GPU at small batches: one ``randn`` per pass, one ``std``
-    per group of equally sized weights (11 in ResNet-34) and one multiply-add for all weights, not one of
-    each per convolution (36)."""
+    """What makes the bank worth having on a GPU at small batches: one ``randn`` per pass, one ``std`` and
+    one multiply-add per group of equally sized weights (11 in ResNet-34), not one of each per convolution
+    (36)."""
     method, model, convs = _model()
     method.factory.cond.set(clean=False, noise=1.0)
     with torch.no_grad(), _Ops() as ops:
@@ -127,7 +127,7 @@ def test_one_noisy_pass_draws_once_and_takes_one_std_per_size():
     assert len(sizes) == 11
     assert ops.calls["aten.randn"] == 1 and ops.calls["aten.randn_like"] == 0
     assert ops.calls["aten.std"] == len(sizes)
-    assert ops.calls["aten.addcmul"] == 1 and ops.calls["aten.mul"] == 2  # alphas * scales; noise * lambda
+    assert ops.calls["aten.addcmul"] == len(sizes) and ops.calls["aten.mul"] == 2  # alphas*scales; std*lambda
     assert ops.calls["aten._local_scalar_dense"] == 0 and ops.calls["aten._to_copy"] == 0, "nothing waits"
 
 

@@ -10,6 +10,8 @@
 #                                                    # lambdas; resumable: if it did not print "done", call it
 #                                                    # again at once (the machine goes back after 30 s idle),
 #                                                    # with AA_SECONDS=<status's budget_left_s - 60>
+#                                                    # (once it is done, in the same call if 120 s are left,
+#                                                    # the batch-128 bench below; THEN_BENCH=0: not)
 #   then, with the time left:
 #     bash results/measured/gpu_session.sh bench      # issue 3: eager images/s, pgd_at, oat, float at 128, 512
 #     bash results/measured/gpu_session.sh compiled float 128   # --compile reduce-overhead (compiles: minutes)
@@ -66,7 +68,11 @@ case "$part" in
     kill "$copier" 2>/dev/null || true
     keep
     case "$status" in
-      0) echo done | tee -a "$log" ;;
+      0) echo done | tee -a "$log"
+         # issue 3's eager figures at batch 128 too, while the machine is up, if the call has time for them
+         if [ "${THEN_BENCH:-1}" = 1 ] && [ "$SECONDS" -lt "$(( ${AA_SECONDS:-540} - 120 ))" ]; then
+           run "$py" -m harness.bench --methods pgd_at,oat,float --iters 30
+         fi ;;
       124) echo "stopped at AA_SECONDS=${AA_SECONDS:-540}: call again, it resumes" | tee -a "$log" ;;
       137) echo "killed (30 s after the time limit, or out of memory): call again, it resumes" | tee -a "$log" ;;
       *) echo "failed ($status): see $log" | tee -a "$log"; exit "$status" ;;

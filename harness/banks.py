@@ -180,12 +180,13 @@ def noisy_weights(convs: list, noise: float, path: str | None = None, groups: di
     if mask is not None:
         eta = eta * mask
     scale = torch.stack([convs[i].alpha for i in order]) * scales  # alpha * noise * std(W'), one per weight
-    flat, parts, offset, first = torch.cat([_flat_with_grad(b) for b in bases]), [], 0, 0
-    for idx in groups.values():  # one multiply-add per group of equally sized weights: [k, n] blocks
-        k, n = len(idx), sizes[first]
-        block = slice(offset, offset + k * n)
-        parts += torch.addcmul(flat[block].view(k, n), eta[block].view(k, n), scale[first:first + k, None]).unbind()
-        offset, first = offset + k * n, first + k
+    counts = [len(idx) for idx in groups.values()]
+    lengths = [k * n for k, (n, _) in zip(counts, groups)]
+    flat, parts = torch.cat([_flat_with_grad(b) for b in bases]), []
+    # one multiply-add per group of equally sized weights, on [k, n] blocks; split, not sliced: a slice's
+    # backward fills a zero tensor of the whole vector, a split's is one concatenation for all
+    for k, w, e, s in zip(counts, flat.split(lengths), eta.split(lengths), scale.split(counts)):
+        parts += torch.addcmul(w.view(k, -1), e.view(k, -1), s[:, None]).unbind()
     out: list = [None] * len(convs)
     for i, piece, base in zip(order, parts, bases):
         out[i] = _unflat(piece, base)

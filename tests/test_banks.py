@@ -131,6 +131,19 @@ def test_one_noisy_pass_draws_once_and_takes_one_std_per_size():
     assert ops.calls["aten._local_scalar_dense"] == 0 and ops.calls["aten._to_copy"] == 0, "nothing waits"
 
 
+def test_a_noisy_backward_copies_no_whole_weight_vector_per_group():
+    """The training pass's backward through the bank: the gradient of the concatenated weights comes back
+    as one concatenation, not as a zero-filled copy of the whole vector per group (a slice's backward)."""
+    method, model, convs = _model()
+    method.factory.cond.set(clean=False, noise=1.0)
+    model.train()
+    out = model(torch.rand(2, 3, 32, 32))
+    with _Ops() as ops:
+        out.square().sum().backward()
+    assert ops.calls["aten.slice_backward"] == 0 and ops.calls["aten.zeros"] == 0, ops.calls
+    assert all(c.alpha.grad.abs() > 0 for c in convs)
+
+
 def test_fixed_weights_take_std_once_and_the_next_weights_their_own():
     """Inside ``weights_fixed`` (one training step, one lambda's evaluation) the std of each weight is taken at
     the first pass only; the noise is still drawn afresh, alpha still gets its gradient in a later pass with

@@ -101,20 +101,24 @@ class FiLMBank(_PassBank):
         return out
 
 
-def _dense(t: torch.Tensor) -> bool:
-    """Whether ``t``'s elements fill its memory without gaps in some dimension order (then a flat view and
-    a view with its strides both exist)."""
-    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
-
-
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    """All of ``t``'s elements as one vector, in memory order (a view when ``t`` is dense)."""
-    return t.as_strided((t.numel(),), (1,)) if _dense(t) else t.reshape(-1)
+    """All of ``t``'s elements as one vector, in memory order for contiguous and channels_last tensors, by
+    views only (so a gradient passes back cheaply; ``as_strided``'s backward would fill a buffer of the whole
+    storage); a copy in ``t``'s logical order for any other layout. Weights, masks and noise all use it, so
+    their entries line up."""
+    if t.is_contiguous():
+        return t.view(-1)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1)  # memory order: a view
+    return t.reshape(-1)
 
 
-def _shaped_like(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The vector ``v`` (no gradient) viewed with ``t``'s shape and memory layout, e.g. channels_last."""
-    return v.as_strided(t.shape, t.stride()) if _dense(t) else v.view(t.shape)
+def _unflat(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The vector ``v`` (``_flat(t)``'s order) as a tensor of ``t``'s shape and memory layout."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        o, i, h, w = t.shape
+        return v.view(o, h, w, i).permute(0, 3, 1, 2)
+    return v.view(t.shape)
 
 
 def noise_groups(convs: list) -> dict:
@@ -127,24 +131,6 @@ def noise_scales(bases: list, groups: dict, noise: float) -> torch.Tensor:
     one stacked ``std`` per group."""
     stds = [torch.stack([_flat(bases[i].detach()) for i in idx]).std(dim=1) for idx in groups.values()]
     return (stds[0] if len(stds) == 1 else torch.cat(stds)) * noise
-
-
-def _flat_with_grad(t: torch.Tensor) -> torch.Tensor:
-    """``_flat`` for a tensor that carries a gradient: only views, so the backward pass is cheap
-    (``as_strided``'s backward would fill a buffer of the whole storage)."""
-    if t.is_contiguous():
-        return t.view(-1)
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1).reshape(-1)  # memory order: a view
-    return t.reshape(-1)
-
-
-def _unflat(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The vector ``v`` (``_flat_with_grad(t)``'s order) as a tensor of ``t``'s shape and memory layout."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        o, i, h, w = t.shape
-        return v.view(o, h, w, i).permute(0, 3, 1, 2)
-    return v.view(t.shape)
 
 
 def noisy_weights(convs: list, noise: float, path: str | None = None, groups: dict | None = None,
@@ -182,7 +168,7 @@ def noisy_weights(convs: list, noise: float, path: str | None = None, groups: di
     scale = torch.stack([convs[i].alpha for i in order]) * scales  # alpha * noise * std(W'), one per weight
     counts = [len(idx) for idx in groups.values()]
     lengths = [k * n for k, (n, _) in zip(counts, groups)]
-    flat, parts = torch.cat([_flat_with_grad(b) for b in bases]), []
+    flat, parts = torch.cat([_flat(b) for b in bases]), []
     # one multiply-add per group of equally sized weights, on [k, n] blocks; split, not sliced: a slice's
     # backward fills a zero tensor of the whole vector, a split's is one concatenation for all
     for k, w, e, s in zip(counts, flat.split(lengths), eta.split(lengths), scale.split(counts)):

@@ -82,7 +82,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="auto: bf16 on CUDA, fp32 on CPU")
     t.add_argument("--compile", choices=COMPILE_MODES,
                    help="CUDA only: compile the model's forward for training with torch.compile; reduce-overhead "
-                        "adds CUDA graphs (the lever at small batches). Evaluation always runs the plain model")
+                        "adds CUDA graphs (the lever at small batches); cudagraphs: CUDA graphs without inductor "
+                        "(traced in seconds, not compiled for minutes). Evaluation always runs the plain model")
     t.add_argument("--opt", dest="options", action="append", type=_option, metavar="KEY=VALUE",
                    help="method option, repeatable, e.g. --opt encoding=onehot (oat); see README")
     e = p.add_argument_group("evaluation")

@@ -2,6 +2,7 @@
 
   python -m harness.bench --methods pgd_at --arch resnet34 --batch-size 128          # PGD-7, the setting
   python -m harness.bench --methods pgd_at,oat,float --compile reduce-overhead       # with CUDA graphs
+  python -m harness.bench --methods oat,float --compile cudagraphs                    # CUDA graphs, no inductor
   python -m harness.bench --methods pgd_at,fast_at --arch preact_resnet18 --batch-size 512
   python -m harness.bench --methods pgd_at,oat,float --ops                            # kernels per step (any device)
   python -m harness.bench --methods pgd_at,oat,float --flops                          # FLOPs per image (any device)
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import math
 import sys
 
 import torch
@@ -137,6 +139,10 @@ def bench(method_name: str, arch: str, batch_size: int, iters: int, device: torc
             "device": device_name(device)}
 
 
+def _mib(mb: float) -> str:
+    return "memory not measured (CUDA only)" if math.isnan(mb) else f"{mb:.0f} MiB"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", default="pgd_at", help="comma list (default pgd_at)")
@@ -146,8 +152,9 @@ def main(argv=None) -> int:
     p.add_argument("--attack", help="training attack (default: the method's, pgd7 for pgd_at)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--compile", default="off", choices=COMPILE_MODES,
-                   help="CUDA (any device with --backend): torch.compile the forward (reduce-overhead: with CUDA "
-                        "graphs); default off")
+                   help="CUDA (any device with --backend): torch.compile the forward (reduce-overhead: inductor "
+                        "with CUDA graphs; cudagraphs: CUDA graphs of the eager kernels, traced in seconds); "
+                        "default off")
     p.add_argument("--backend", help="with --compile: the torch.compile backend (e.g. inductor, aot_eager), which "
                                      "then compiles on any device, the CPU included")
     p.add_argument("--device", default="auto")
@@ -155,8 +162,8 @@ def main(argv=None) -> int:
     p.add_argument("--flops", action="store_true",
                    help="count the FLOPs of one training step per image instead (at --batch-size)")
     args = p.parse_args(argv)
-    if args.backend and args.compile == "off":
-        p.error("--backend needs --compile (default or reduce-overhead)")
+    if args.backend and args.compile in ("off", "cudagraphs"):
+        p.error("--backend needs --compile default or reduce-overhead (cudagraphs is a backend of its own)")
     if args.ops and args.flops:
         p.error("--ops and --flops count different things; give one")
     if (args.ops or args.flops) and (args.compile != "off" or args.precision != "auto"):
@@ -180,7 +187,7 @@ def main(argv=None) -> int:
             how = f"{r['compile']}/{args.backend}" if args.backend else r["compile"]
             print(f"{r['method']:8s} {r['arch']} bs={r['batch_size']} {r['train_attack']} compile={how}: "
                   f"{r['images_per_s']:.1f} images/s ({r['iters']} iters, {r['seconds']:.2f}s) "
-                  f"peak {r['peak_mem_mb']:.0f} MiB | {r['device']}, {r['precision']}, torch {r['torch']}")
+                  f"peak {_mib(r['peak_mem_mb'])} | {r['device']}, {r['precision']}, torch {r['torch']}")
     except LambenchError as exc:
         print(f"lambench: error: {exc}", file=sys.stderr)
         return 2

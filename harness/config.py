@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from .errors import LambenchError
 
 
-COMPILE_MODES = ("off", "default", "reduce-overhead")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "cudagraphs")
 
 
 @dataclass
@@ -28,6 +28,8 @@ class TrainConfig:
     precision: str = "auto"      # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: str = "off"         # CUDA only, training only: off | default (torch.compile) | reduce-overhead
                                  # (torch.compile + CUDA graphs: ~3x at batch 128 on an H100, README "Speed")
+                                 # | cudagraphs (CUDA graphs of the eager kernels, no code generation:
+                                 # traced in seconds where inductor compiles for minutes)
     log_every: int = 20          # iterations between progress-bar updates (each costs one host sync)
     options: dict = field(default_factory=dict)  # method-specific options (--opt key=value), e.g. encoding=onehot
 

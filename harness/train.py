@@ -60,7 +60,8 @@ def autocast(precision: str, device: torch.device):
 @contextlib.contextmanager
 def compiled(model, mode: str, device: torch.device, backend: str | None = None):
     """While training, ``model``'s forward compiled by ``torch.compile`` (``reduce-overhead``: with CUDA graphs,
-    which remove the kernel-launch overhead that bounds small batches). CUDA only; on other devices, and for
+    which remove the kernel-launch overhead that bounds small batches; ``cudagraphs``: CUDA graphs of the eager
+    kernels, without inductor's code generation, so it traces in seconds). CUDA only; on other devices, and for
     evaluation afterwards, the model runs its plain forward, so scores never depend on this setting.
     ``backend`` (tests: ``"eager"``; ``harness.bench --backend``) names the compiler (``mode`` applies to
     inductor only) and then compiles on any device."""
@@ -73,9 +74,14 @@ def compiled(model, mode: str, device: torch.device, backend: str | None = None)
     # (FLOAT: half and whole batches); by default the second shape would recompile the graph with a symbolic
     # batch size, which CUDA graphs re-record per shape anyway. On a 2-core CPU (inductor, ResNet-34) this
     # cut FLOAT's first-step compilation from 330 s to 267 s.
-    how = {"mode": None if mode == "default" else mode}
-    if backend:  # the mode is inductor's
-        how = {"backend": backend, **(how if backend == "inductor" else {})}
+    if mode == "cudagraphs":  # torch.compile's cudagraphs backend: AOTAutograd's graphs replayed as CUDA graphs
+        if backend not in (None, "cudagraphs"):
+            raise LambenchError(f"compile mode cudagraphs is a backend of its own; leave out --backend {backend}")
+        how = {"backend": "cudagraphs"}
+    elif backend:  # the mode is inductor's
+        how = {"backend": backend, **({"mode": None if mode == "default" else mode} if backend == "inductor" else {})}
+    else:
+        how = {"mode": None if mode == "default" else mode}
     model.forward = torch.compile(model.forward, dynamic=False, **how)
     # OATS compiles one set of graphs per width (nine at three widths); dynamo's default limit of eight per
     # function would silently run the rest uncompiled

@@ -20,7 +20,7 @@ def _train_on_gpu(tmp_path, **train):
     return run(cfg, log=lambda *_: None)
 
 
-@pytest.mark.parametrize("compile", ["off", "reduce-overhead"])
+@pytest.mark.parametrize("compile", ["off", "reduce-overhead", "cudagraphs"])
 def test_training_on_gpu_matches_protocol(tmp_path, digits, compile):
     """The smoke protocol on CUDA (bf16, channels_last), also with the forward compiled into CUDA graphs:
     the same real margins as on the CPU."""

@@ -181,8 +181,13 @@ def test_compile_is_training_only_and_cuda_only():
     model = torch.nn.Linear(3, 2)
     with compiled(model, "reduce-overhead", torch.device("cpu")) as m:
         assert m is model and "forward" not in vars(model)
+    with compiled(model, "cudagraphs", torch.device("cpu")):
+        assert "forward" not in vars(model)
     with pytest.raises(LambenchError, match="unknown compile mode 'fast'"):
         with compiled(model, "fast", torch.device("cpu")):
+            pass
+    with pytest.raises(LambenchError, match="leave out --backend inductor"):
+        with compiled(model, "cudagraphs", torch.device("cpu"), backend="inductor"):
             pass
 
 
@@ -191,6 +196,36 @@ def test_compile_flag_reaches_the_training_config(tmp_path):
     args = run_all.parser().parse_args(["--methods", "pgd_at", "--compile", "reduce-overhead"])
     cfg, overrides = run_all.config_from_args(args)
     assert expand_jobs(cfg, overrides)[0].train.compile == "reduce-overhead"
+
+
+def _compiled_losses(name: str, mode: str, backend):
+    """Three training steps of ``name`` on the small CNN, its forward compiled with ``mode``/``backend`` (None:
+    plain): their losses, and dynamo's count of unique graphs after each step."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+    from harness.config import TrainConfig
+    from harness.train import compiled
+    dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    method = get_method(name)(TrainConfig(train_attack="pgd2"), 8 / 255)
+    model = method.build_model("small_cnn", _small()).train()
+    out, graphs = [], []
+    with compiled(model, mode if backend else "off", torch.device("cpu"), backend=backend):
+        for i in range(3):
+            g = torch.Generator().manual_seed(i)
+            x, y = torch.rand(12, 3, 16, 16, generator=g), torch.randint(0, 10, (12,), generator=g)
+            loss, _, _ = method.train_step(model, x, y)
+            loss.backward()
+            out.append(loss.item())
+            graphs.append(counters["stats"]["unique_graphs"])
+    dynamo.reset()
+    return out, graphs
+
+
+def _small():
+    from harness.data import DatasetInfo
+    return DatasetInfo("c", 10, 3, 16, (0.5,) * 3, (0.25,) * 3, 8 / 255, 2, True)
 
 
 @pytest.mark.parametrize("name, graphs_expected", [("pgd_at", 2), ("fast_at", 2), ("oat", 3), ("float", 3), ("floats", 3),
@@ -202,14 +237,9 @@ def test_compiled_training_step_settles_on_few_graphs(name, graphs_expected):
     first step, and the compiled step computes the very losses of the plain one (FLOAT's noise included).
     The attack's compiled backward computes no weight gradient: a compiled backward returns every
     trainable input's gradient, whatever ``autograd.grad`` asked for, unless the weights are frozen."""
-    import torch._dynamo as dynamo
-    from torch._dynamo.utils import counters
-    from harness.config import TrainConfig
-    from harness.data import DatasetInfo
-    from harness.train import compiled
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
-    info = DatasetInfo("c", 10, 3, 16, (0.5,) * 3, (0.25,) * 3, 8 / 255, 2, True)
+    from harness.config import TrainConfig
     weight_grads = []  # per compiled backward graph: its convolutions that compute a weight gradient
 
     def backward_compiler(gm, _):
@@ -218,34 +248,27 @@ def test_compiled_training_step_settles_on_few_graphs(name, graphs_expected):
         return make_boxed_func(gm.forward)
 
     aot = aot_autograd(fw_compiler=lambda gm, _: make_boxed_func(gm.forward), bw_compiler=backward_compiler)
-
-    def losses(backend):
-        dynamo.reset()
-        counters.clear()
-        torch.manual_seed(0)
-        method = get_method(name)(TrainConfig(train_attack="pgd2"), 8 / 255)
-        model = method.build_model("small_cnn", info).train()
-        out, graphs = [], []
-        with compiled(model, "default" if backend else "off", torch.device("cpu"), backend=backend):
-            for i in range(3):
-                g = torch.Generator().manual_seed(i)
-                x, y = torch.rand(12, 3, 16, 16, generator=g), torch.randint(0, 10, (12,), generator=g)
-                loss, _, _ = method.train_step(model, x, y)
-                loss.backward()
-                out.append(loss.item())
-                graphs.append(counters["stats"]["unique_graphs"])
-        dynamo.reset()
-        return out, graphs
-
-    eager, _ = losses(None)
-    out, graphs = losses(aot)
+    eager, _ = _compiled_losses(name, "off", None)
+    out, graphs = _compiled_losses(name, "default", aot)
     assert graphs[0] == graphs_expected and graphs[-1] == graphs[0], graphs  # oats: all nine, none left uncompiled
     assert out == pytest.approx(eager, rel=1e-5)
     n_conv = sum(isinstance(m, torch.nn.Conv2d) for m in get_method(name)(TrainConfig(), 8 / 255)
-                 .build_model("small_cnn", info).modules())
+                 .build_model("small_cnn", _small()).modules())
     # the training pass's graphs compute every convolution's weight gradient (SMART's two-path ones twice),
     # the attack's none
     assert 0 in weight_grads and all(w >= n_conv for w in weight_grads if w), weight_grads
+
+
+@pytest.mark.parametrize("name", ["oat", "float"])
+def test_cudagraphs_mode_traces_the_conditioned_steps(name):
+    """``--compile cudagraphs`` (torch.compile's cudagraphs backend, no inductor) takes the conditioned
+    methods' steps whole: the same three graphs as any backend, the plain step's losses. On the CPU the
+    backend runs AOTAutograd's graphs without recording CUDA graphs, so this checks the tracing, not the
+    replay (tests/test_gpu.py runs it on CUDA)."""
+    eager, _ = _compiled_losses(name, "off", None)
+    out, graphs = _compiled_losses(name, "cudagraphs", "cudagraphs")
+    assert graphs == [3, 3, 3]
+    assert out == pytest.approx(eager, rel=1e-5)
 
 
 def test_no_training_step_waits_for_the_device():

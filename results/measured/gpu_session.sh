@@ -11,10 +11,13 @@
 #                                                    # again at once (the machine goes back after 30 s idle),
 #                                                    # with AA_SECONDS=<status's budget_left_s - 60>
 #                                                    # (once it is done, in the same call if 120 s are left,
-#                                                    # the batch-128 bench below; THEN_BENCH=0: not)
+#                                                    # the batch-128 bench below, eager and then with
+#                                                    # --compile cudagraphs; THEN_BENCH=0: not)
 #   then, with the time left:
-#     bash results/measured/gpu_session.sh bench      # issue 3: eager images/s, pgd_at, oat, float at 128, 512
-#     bash results/measured/gpu_session.sh compiled float 128   # --compile reduce-overhead (compiles: minutes)
+#     bash results/measured/gpu_session.sh bench      # issue 3: images/s of pgd_at, oat, float at 128 and 512,
+#                                                    # eager and --compile cudagraphs (traced in seconds)
+#     bash results/measured/gpu_session.sh compiled float 128   # --compile reduce-overhead (compiles: minutes;
+#                                                    # "compiled float 128 cudagraphs": another mode)
 #
 # A CPU dry run of aa's flags with a small model (AA_EXTRA's flags override the ones before them):
 #   AA_EXTRA="--arch small_cnn --subset 256 --epochs 1 --batch-size 64 --eval-n 20 --device cpu" OUT=/tmp/aa \
@@ -26,7 +29,7 @@ set -euo pipefail
 export PYTHONUNBUFFERED=1  # what python printed comes back even from a call that is cut short
 out=${OUT:-results/gpu-session}
 py=${PYTHON:-python3}   # the GPU machine's python3 holds torch; it may have no "python"
-part=${1:?which part: prepare, aa, bench, or compiled METHOD BATCH}
+part=${1:?which part: prepare, aa, bench, or compiled METHOD BATCH [MODE]}
 if [ "$part" = prepare ]; then
   # the CIFAR-10 subset (18 MB) and pyautoattack's code without its example weights (its wheel: 42 MB), git-ignored
   mkdir -p .data && rm -rf .data/cifar10-subset && cp -r ../shared/data/cifar10-subset .data/
@@ -46,9 +49,12 @@ case "$part" in
   bench)
     run "$py" -m harness.bench --methods pgd_at,oat,float --iters 40
     run "$py" -m harness.bench --methods pgd_at,oat,float --batch-size 512 --iters 20
+    # CUDA graphs without inductor: traced in about 30 s per conditioned method on a 2-core CPU (three graphs)
+    run "$py" -m harness.bench --methods pgd_at,oat,float --iters 40 --compile cudagraphs
+    run "$py" -m harness.bench --methods pgd_at,oat,float --batch-size 512 --iters 20 --compile cudagraphs
     ;;
   compiled)
-    run "$py" -m harness.bench --methods "${2:?method}" --batch-size "${3:-128}" --iters 40 --compile reduce-overhead
+    run "$py" -m harness.bench --methods "${2:?method}" --batch-size "${3:-128}" --iters 40 --compile "${4:-reduce-overhead}"
     ;;
   aa)
     # OAT with the scalar encoding is deterministic at every lambda (FLOAT's noise would make lambda >= 0.1
@@ -72,6 +78,10 @@ case "$part" in
          # issue 3's eager figures at batch 128 too, while the machine is up, if the call has time for them
          if [ "${THEN_BENCH:-1}" = 1 ] && [ "$SECONDS" -lt "$(( ${AA_SECONDS:-540} - 120 ))" ]; then
            run "$py" -m harness.bench --methods pgd_at,oat,float --iters 30
+           # and with CUDA graphs (no inductor), if 120 s are still left
+           if [ "$SECONDS" -lt "$(( ${AA_SECONDS:-540} - 120 ))" ]; then
+             run "$py" -m harness.bench --methods oat,float,pgd_at --iters 30 --compile cudagraphs
+           fi
          fi ;;
       124) echo "stopped at AA_SECONDS=${AA_SECONDS:-540}: call again, it resumes" | tee -a "$log" ;;
       137) echo "killed (30 s after the time limit, or out of memory): call again, it resumes" | tee -a "$log" ;;
@@ -79,7 +89,7 @@ case "$part" in
     esac
     ;;
   *)
-    echo "unknown part $part: prepare, aa, bench, or compiled METHOD BATCH" >&2
+    echo "unknown part $part: prepare, aa, bench, or compiled METHOD BATCH [MODE]" >&2
     exit 2
     ;;
 esac

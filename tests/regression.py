@@ -81,10 +81,18 @@ def accuracies(table: pd.DataFrame) -> pd.DataFrame:
     return rows.sort_values(cols[:5]).reset_index(drop=True)
 
 
-def tolerance(p: float, n: int) -> float:
+# Fast-AT's robust accuracy after the digits-long tier's 40 FGSM epochs, same seeds and torch build, on three
+# CPUs: 0.443 (the reference's machine), 0.571 and 0.543 (the two since; each the same on reruns). FGSM
+# training at eps 0.2 amplifies the CPUs' different float rounding far more than PGD training does (every
+# other accuracy stayed within its usual band), so its PGD accuracy gets a band that spans what was seen.
+ROBUST_BAND = {"fast_at": 0.15}
+
+
+def tolerance(p: float, n: int, method: str = "", metric: str = "") -> float:
     """Band for one accuracy: 3 binomial standard errors at the reference value, at least 0.05 (training on
-    another CPU or torch build may take a slightly different path)."""
-    return max(0.05, 3 * math.sqrt(max(p * (1 - p), 1e-4) / n))
+    another CPU or torch build may take a slightly different path), and ``ROBUST_BAND``'s for a robust one."""
+    floor = ROBUST_BAND.get(method, 0.05) if metric != "clean_acc" else 0.05
+    return max(floor, 3 * math.sqrt(max(p * (1 - p), 1e-4) / n))
 
 
 def compare(table: pd.DataFrame, reference: pd.DataFrame) -> list[str]:
@@ -98,7 +106,7 @@ def compare(table: pd.DataFrame, reference: pd.DataFrame) -> list[str]:
         if r["_merge"] != "both":
             problems.append(f"{where}: " + ("missing from the run" if r["_merge"] == "left_only" else "not in the reference"))
             continue
-        band = tolerance(r["value_ref"], int(r["n_ref"]))
+        band = tolerance(r["value_ref"], int(r["n_ref"]), r["method"], r["metric"])
         if abs(r["value"] - r["value_ref"]) > band:
             problems.append(f"{where}: {r['value']:.3f}, reference {r['value_ref']:.3f} (band ±{band:.3f})")
     return problems

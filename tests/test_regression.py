@@ -63,3 +63,15 @@ def test_cifar10_subset_matches_reference(tmp_path):
 @pytest.mark.slow
 def test_digits_long_matches_reference(tmp_path):
     _check(run_tier("digits-long", tmp_path), "digits-long")
+
+
+def test_compare_flags_what_leaves_its_band():
+    """The comparison itself, on a made-up reference: within the band passes, beyond it (or missing) fails;
+    Fast-AT's robust accuracy alone gets its wider band, its clean accuracy the usual one."""
+    ref = pd.DataFrame([dict(method=m, train_lambda=None, **{"lambda": 1.0}, metric=k, attack=a, n=359, value=0.5)
+                        for m in ("fast_at", "pgd_at") for k, a in (("clean_acc", ""), ("pgd_acc", "pgd20"))])
+    assert compare(ref.copy(), ref) == []
+    moved = ref.assign(value=ref.value + 0.12)
+    problems = compare(moved, ref)
+    assert len(problems) == 3 and not any("fast_at lambda=1 pgd_acc" in p for p in problems), problems
+    assert any("missing from the run" in p for p in compare(ref.iloc[1:], ref))

@@ -51,6 +51,10 @@ class EvalConfig:
     lambdas: tuple[float, ...] | None = None  # once-for-all models: score at these lambdas instead of the
                                    # method's grid (--lambdas; dedicated models keep the lambda they were trained at)
 
+    def __post_init__(self):
+        if self.noise_draws < 3:  # the protocol: mean and spread over at least 3 draws of the noise
+            raise LambenchError(f"noise_draws={self.noise_draws}: a random model's clean accuracy needs at least 3 noise draws")
+
 
 @dataclass
 class RunConfig:

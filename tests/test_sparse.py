@@ -1,5 +1,6 @@
 """The sparse once-for-all methods (issue 3): FLOATS's masks, prune and regrow; SMART's two mask paths."""
 import io
+import math
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from harness.conditioned import CondConv2d
 from harness.config import TrainConfig
 from harness.data import DatasetInfo
 from harness.errors import LambenchError
-from harness.sparse import _allocate, apply_masks, masked_convs, prune_and_regrow, random_mask
+from harness.sparse import _allocate, apply_masks, density, masked_convs, prune_and_regrow, random_mask
 from harness.train import optimizer_for
 from methods import get_method
 
@@ -22,8 +23,8 @@ def _method(name, epochs=4, **options):
     return get_method(name)(cfg, 0.1)
 
 
-def _floats_model(**options):
-    torch.manual_seed(0)
+def _floats_model(seed=0, **options):
+    torch.manual_seed(seed)
     method = _method("floats", **options)
     return method, method.build_model("small_cnn", DIGITS)
 
@@ -106,6 +107,54 @@ def test_prune_removes_the_smallest_magnitudes_and_regrows_the_largest_momentum(
     assert (conv.weight.view(-1)[-4:] == 0).all(), "regrown weights start at zero"
 
 
+def test_momentum_redistribution_keeps_the_total_and_moves_density_between_layers():
+    """With the default redistribution=momentum, every epoch's prune and regrow keeps the model's number of
+    non-zeros (so its density) exactly, while the layers' own densities move."""
+    method, model = _floats_model()
+    assert method.opts["redistribution"] == "momentum"
+    convs = masked_convs(model)
+    start = [int(c.mask.sum()) for c in convs]
+    for epoch in range(3):  # prune rates 0.5, 1/3, 1/6 of 4 epochs
+        opt = _train_steps(method, model, steps=1)
+        stats = method.end_epoch(model, epoch, None, opt)
+        counts = [int(c.mask.sum()) for c in convs]
+        assert stats["pruned"] == stats["regrown"] > 0
+        assert sum(counts) == sum(start), "total non-zeros kept exactly"
+        assert density(model) == stats["density"] == 0.5
+        for conv in convs:
+            assert (conv.weight[conv.mask == 0] == 0).all()
+        assert sum(int((c.weight != 0).sum()) for c in convs) <= sum(counts)
+        if epoch == 0:
+            assert counts != start, "momentum moves density between layers"
+
+
+@pytest.mark.parametrize("active, inactive, regrow", [
+    # layer 0 (288 weights) wants 5/9 but has only 288 - 72 = 216 free positions; the other 22896 split 1 : 3
+    ((5.0, 1.0, 3.0), (0.0, 9.0, 0.0), [216, 5724, 17172]),
+    # a layer without momentum regrows nothing; the 23112 split 1 : 3
+    ((0.0, 1.0, 3.0), (10.0, 9.0, 0.0), [0, 5778, 17334]),
+])
+def test_regrowth_is_shared_by_the_layers_mean_momentum_magnitude(active, inactive, regrow):
+    """The weights pruned from all layers (half of each layer's 144, 9216, 36864 active ones: 23112) regrow
+    across layers in proportion to each layer's mean |momentum| over its active weights (signs do not count,
+    nor does the momentum at masked-off positions, which here would reverse the order), no layer beyond full."""
+    method, model = _floats_model(density=0.5)
+    convs = masked_convs(model)
+    opt, _ = optimizer_for(model, TrainConfig(), 10)
+    for conv, a, b in zip(convs, active, inactive):
+        sign = torch.ones(conv.weight.numel())
+        sign[1::2] = -1
+        mom = torch.where(conv.mask.view(-1).bool(), a, b) * sign
+        opt.state[conv.weight]["momentum_buffer"] = mom.view_as(conv.weight).clone()
+    before = [int(c.mask.sum()) for c in convs]
+    assert before == [144, 9216, 36864]
+    removed = [math.ceil(0.5 * n) for n in before]
+    stats = prune_and_regrow(model, opt, 0.5, redistribute=True)
+    after = [int(c.mask.sum()) for c in convs]
+    assert [n - (b - r) for n, b, r in zip(after, before, removed)] == regrow
+    assert stats["pruned"] == stats["regrown"] == sum(removed) == sum(regrow)
+
+
 def test_allocate_respects_capacity_and_total():
     assert _allocate(10, [1.0, 1.0], [100, 100]) == [5, 5]
     assert _allocate(10, [3.0, 1.0], [2, 100]) == [2, 8]
@@ -128,15 +177,17 @@ def test_floats_noise_is_masked_unless_turned_off():
 
 
 def test_floats_masks_survive_save_and_load():
+    """A model built at another seed draws other masks; loading the saved state gives it the saved ones."""
     method, model = _floats_model()
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     buf.seek(0)
-    torch.manual_seed(1)
-    _, other = _floats_model()
+    _, other = _floats_model(seed=1)
+    pairs = list(zip(masked_convs(model), masked_convs(other)))
+    assert all(not torch.equal(a.mask, b.mask) for a, b in pairs), "another seed must draw other masks"
     other.load_state_dict(torch.load(buf, weights_only=True))
-    for a, b in zip(masked_convs(model), masked_convs(other)):
-        assert torch.equal(a.mask, b.mask)
+    for a, b in pairs:
+        assert torch.equal(a.mask, b.mask) and torch.equal(a.weight, b.weight)
 
 
 def test_floats_options_are_checked():

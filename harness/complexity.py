@@ -33,7 +33,10 @@ sees a dense kernel); ``nonzero_params`` shows the sparsity.
 
 Timing: latency at batch 1 and throughput at batch 256 (the test images, repeated if fewer), after
 warm-up; CUDA events on a GPU, ``time.perf_counter`` on the CPU (few iterations: a cheap estimate).
-Peak memory: ``torch.cuda.max_memory_allocated`` during the batch-256 pass (weights included); NaN on CPU.
+Peak memory: what one inference at batch 256 needs on the GPU: the model's parameters and buffers, the
+input batch, and the most the pass allocates on top of what was allocated before it (``max_memory_allocated``
+less ``memory_allocated``); whatever else the process holds on the device (the data set the harness keeps
+there, other models) is left out. NaN on CPU.
 All in fp32, the precision evaluation runs in.
 """
 from __future__ import annotations
@@ -176,8 +179,18 @@ def _time(forward, x, device, warmup: int, iters: int, min_s: float) -> float:
         return (time.perf_counter() - t0) / iters
 
 
-def inference_cost(forward, x: torch.Tensor, batch: int = 256) -> dict[str, float]:
-    """``infer_latency_ms`` (batch 1), ``infer_throughput`` (images/s at ``batch``), ``infer_peak_mem_mb``."""
+def resident_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s parameters and buffers (masks, BN statistics), each storage once."""
+    seen = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def inference_cost(forward, x: torch.Tensor, batch: int = 256, model: nn.Module | None = None) -> dict[str, float]:
+    """``infer_latency_ms`` (batch 1), ``infer_throughput`` (images/s at ``batch``), ``infer_peak_mem_mb``
+    (``model``'s parameters and buffers, the input batch and the pass's peak on top of what was allocated
+    before it; see the module doc)."""
     device = x.device
     cuda = device.type == "cuda"
     x1, xb = _batch(x[:1], 1).float(), _batch(x, batch).float()
@@ -188,6 +201,12 @@ def inference_cost(forward, x: torch.Tensor, batch: int = 256) -> dict[str, floa
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
         per_batch = _time(forward, xb, device, warmup=3 if cuda else 1, iters=10 if cuda else 1, min_s=0.5)
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else float("nan")
+        if cuda:
+            pass_peak = torch.cuda.max_memory_allocated(device) - before
+            held = (resident_bytes(model) if model is not None else 0) + xb.untyped_storage().nbytes()
+            peak = (held + pass_peak) / 2**20
+        else:
+            peak = float("nan")
     return {"infer_latency_ms": latency * 1000, "infer_throughput": batch / per_batch, "infer_peak_mem_mb": peak}

@@ -134,3 +134,12 @@ def test_inference_cost_on_cpu():
     cost = complexity.inference_cost(model, torch.rand(10, 1, 8, 8))
     assert cost["infer_latency_ms"] > 0 and cost["infer_throughput"] > 0
     assert math.isnan(cost["infer_peak_mem_mb"])  # CUDA only
+
+
+def test_resident_bytes_count_parameters_and_buffers_once():
+    """What a deployment holds in memory: every parameter and buffer (BN statistics, masks), a shared tensor
+    once."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    model.append(model[0])  # the same convolution twice
+    expect = 4 * (4 * 9 + 4 + 4 + 4 + 4 + 4) + 8  # fp32 weight, bias, BN weight, bias, running stats; int64 count
+    assert complexity.resident_bytes(model) == expect

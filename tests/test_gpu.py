@@ -30,3 +30,18 @@ def test_training_on_gpu_matches_protocol(tmp_path, digits, compile):
     assert (table.device != "cpu").all()
     trained = table[~table.metric.str.startswith("infer_")]  # inference is timed in fp32
     assert (trained.precision == "bf16").all()
+
+
+def test_inference_peak_memory_leaves_out_what_the_process_holds_besides():
+    """infer_peak_mem_mb: the model, its input and the pass's own peak, not the 1 GiB held beside it."""
+    from harness import complexity
+    from harness.models import build_model
+    from harness.bench import synthetic
+    model = build_model("resnet34", synthetic(32)).cuda().eval()
+    x = torch.rand(16, 3, 32, 32, device="cuda")
+    alone = complexity.inference_cost(model, x, model=model)["infer_peak_mem_mb"]
+    ballast = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    beside = complexity.inference_cost(model, x, model=model)["infer_peak_mem_mb"]
+    del ballast
+    weights = complexity.resident_bytes(model) / 2**20
+    assert weights < alone < 1024 and abs(beside - alone) < 0.05 * alone

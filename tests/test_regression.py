@@ -9,6 +9,7 @@ import pytest
 from regression import REFERENCE, SHARED_CIFAR, available, compare, run_tier
 
 OFA = ("oat", "float", "floats", "smart")
+DIALS = OFA + ("oats-w0.5", "oats-w1")  # OATS: each width is a once-for-all model of its own
 ROBUST_MARGIN = 0.05  # robust accuracy at the largest lambda must beat lambda = 0 by this much
 # ... and clean accuracy at lambda = 0 be at least the largest lambda's, for each method, and beat it by
 # CLEAN_MARGIN on average over the four methods. Clean accuracy on the 359 digits test images sits near its
@@ -33,7 +34,7 @@ def test_digits_matches_reference(digits):
     _check(digits, "digits")
 
 
-@pytest.mark.parametrize("method", OFA)
+@pytest.mark.parametrize("method", DIALS)
 def test_dial_works(digits, method):
     rows = digits[digits.method == method]
     acc = rows.pivot_table(index="lambda", columns="metric", values="value")

@@ -145,6 +145,8 @@ def main(argv=None) -> int:
         p.error(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
     status = 0
     for tier in args.tier or [t for t in TIERS if available(t)]:
+        if not set(methods) & set(tier_methods(tier)):
+            continue  # none of the chosen methods runs in this tier
         with tempfile.TemporaryDirectory() as tmp:
             table = run_tier(tier, Path(tmp), methods)
         path = REFERENCE / f"{tier}.csv"

@@ -141,5 +141,6 @@ def test_resident_bytes_count_parameters_and_buffers_once():
     once."""
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
     model.append(model[0])  # the same convolution twice
+    model[1].register_buffer("view", model[0].weight.detach()[1])  # a view into the convolution's weight
     expect = 4 * (4 * 9 + 4 + 4 + 4 + 4 + 4) + 8  # fp32 weight, bias, BN weight, bias, running stats; int64 count
     assert complexity.resident_bytes(model) == expect

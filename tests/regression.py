@@ -46,9 +46,9 @@ TIERS: dict[str, dict] = {
                    train=dict(epochs=15, batch_size=64, lr=0.1, train_attack="pgd3"),
                    eval=dict(FAST_EVAL, attacks=("pgd10",))),
     # OATS is left out here: OAT itself stays at chance (8% clean: one class for every image; training loss
-    # 2.307 -> 2.286) after this tier's 36 steps, since its FiLM scales start near 0.02 (PyTorch's default
-    # Linear init, as in the authors' code) and damp every layer's gradient; OATS would add 25 s of CI for a
-    # reference at chance
+    # 2.307 -> 2.286) after this tier's 36 steps (its FiLM scales start near 0.02, PyTorch's default Linear
+    # init as in the authors' code, which probably damps every layer's gradient; not tested as the cause);
+    # OATS would add 25 s of CI for a reference at chance
     "cifar10-subset": dict(datasets=("npz",), data_root=str(SHARED_CIFAR), subset=400, eps=4 / 255,
                            methods=tuple(m for m in METHODS if m != "oats"),
                            train=dict(epochs=6, batch_size=64, lr=0.1, train_attack="pgd2"),
@@ -94,12 +94,15 @@ def base_method(name: str) -> str:
     return name.split("-")[0]
 
 
+ORDER = ["method", "train_lambda", "lambda", "metric", "attack"]  # a reference table's rows, sorted
+
+
 def accuracies(table: pd.DataFrame) -> pd.DataFrame:
     rows = table[table.metric.isin(METRICS)]
-    cols = ["method", "train_lambda", "lambda", "metric", "attack", "n", "value"]
+    cols = ORDER + ["n", "value"]
     rows = rows[[c for c in cols if c in rows.columns]].copy()
     rows["attack"] = rows["attack"].fillna("")
-    return rows.sort_values(cols[:5]).reset_index(drop=True)
+    return rows.sort_values(ORDER).reset_index(drop=True)
 
 
 # Fast-AT's robust accuracy after the digits-long tier's 40 FGSM epochs, same seeds and torch build, on three
@@ -154,7 +157,7 @@ def main(argv=None) -> int:
         if args.write:
             if reference is not None and set(tier_methods(tier)) - set(methods):  # keep the others' rows
                 others = reference[~reference.method.map(base_method).isin(methods)]
-                table = pd.concat([others, table]).sort_values(["method", "train_lambda", "lambda", "metric", "attack"])
+                table = pd.concat([others, table]).sort_values(ORDER)
             REFERENCE.mkdir(exist_ok=True)
             table.to_csv(path, index=False, float_format="%.4f")
             print(f"wrote {path} ({len(table)} rows)")

@@ -18,6 +18,7 @@ import torch
 from harness.attacks import parse_attack
 from harness import evaluate as evaluation
 from harness.autoattack import AAResult, package, run_autoattack
+from harness.conditioned import DualBN
 from harness.config import EvalConfig, TrainConfig
 from harness.evaluate import evaluate
 from harness.train import train
@@ -80,7 +81,7 @@ def test_autoattack_attacks_each_lambda_as_scored(digits, monkeypatch):
     def fake(forward, x, y, eps, version, batch_size, seed, model):
         with torch.no_grad():
             a, b = forward(x), forward(x)
-        bn = [m for m in model.modules() if type(m).__name__ == "DualBN"][0]
+        bn = next(m for m in model.modules() if isinstance(m, DualBN))
         branch = []
         hooks = [bn.bn_clean.register_forward_hook(lambda *_: branch.append("clean")),
                  bn.bn_adv.register_forward_hook(lambda *_: branch.append("adv"))]

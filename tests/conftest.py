@@ -9,7 +9,24 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# pytest-xdist's workers share the cores: two threads in one process, one per worker with -n 2 or more
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))))
+MAX_WORKERS = 4  # -n auto: each worker is a process of its own, with torch and its own datasets
+
+
+# the longest files (seconds on a 2-core CPU), run first so that pytest-xdist starts them on separate workers
+# and fills in around them, rather than finding one at the end with the other workers idle
+LONGEST_FIRST = ("test_regression.py", "test_regression_cifar.py", "test_training.py", "test_autoattack.py",
+                 "test_executor.py", "test_distributed.py")
+
+
+def pytest_xdist_auto_num_workers(config):
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
 
 
 def run_cli(*args, cwd=ROOT, timeout=600):

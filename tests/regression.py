@@ -136,6 +136,13 @@ def compare(table: pd.DataFrame, reference: pd.DataFrame) -> list[str]:
     return problems
 
 
+def assert_matches(table: pd.DataFrame, tier: str) -> None:
+    """The tests' check: every accuracy of ``table`` within its band of ``tier``'s reference."""
+    problems = compare(table, pd.read_csv(REFERENCE / f"{tier}.csv"))
+    assert not problems, (f"{tier}: {len(problems)} accuracies left their band (if the change was deliberate, "
+                          f"regenerate with python tests/regression.py --write --tier {tier}):\n" + "\n".join(problems))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Run the regression tiers and write or check their references.")
     p.add_argument("--tier", action="append", choices=sorted(TIERS), help="default: every tier with its data")

@@ -45,3 +45,30 @@ def test_inference_peak_memory_leaves_out_what_the_process_holds_besides():
     del ballast
     weights = complexity.resident_bytes(model) / 2**20
     assert weights < alone < 1024 and abs(beside - alone) < 0.05 * alone
+
+
+@pytest.mark.parametrize("mode", ["cudagraphs", "reduce-overhead"])
+def test_noise_is_drawn_afresh_at_every_replayed_pass(mode):
+    """Under ``--compile`` with CUDA graphs FLOAT's noise is still drawn afresh at every forward pass: a
+    replayed graph must advance the random numbers, not replay the captured ones. On one input, the logits of
+    consecutive passes differ and spread over passes as much as the eager forward's do."""
+    from harness.data import DatasetInfo
+    from harness.config import TrainConfig
+    from harness.train import compiled
+    from methods import get_method
+    torch.manual_seed(0)
+    method = get_method("float")(TrainConfig(), 8 / 255)
+    model = method.build_model("small_cnn", DatasetInfo("c", 10, 3, 16, (0.5,) * 3, (0.25,) * 3, 8 / 255, 2, True))
+    model = model.cuda().train()
+    x = torch.rand(32, 3, 16, 16, device="cuda")
+
+    def passes(n=10):  # cudagraph trees warm up, record, then replay: the last passes are replays
+        method.factory.cond.set(clean=False, noise=1.0)
+        return torch.stack([model(x).detach().clone() for _ in range(n)])
+
+    eager = passes().std(0).mean().item()
+    with compiled(model, mode, torch.device("cuda")):
+        out = passes()
+    assert eager > 0
+    assert all(not torch.equal(out[i], out[i + 1]) for i in range(len(out) - 1))
+    assert 0.5 * eager < out[-5:].std(0).mean().item() < 2 * eager

@@ -1,12 +1,13 @@
 """Every method trained briefly under fixed seeds: its accuracies match the stored reference within the
 bands of tests/regression.py, and every once-for-all method's dial works.
 
-One training run per tier serves both tests. Regenerate the references with ``python tests/regression.py --write``.
+One training run per tier serves both tests. The CIFAR-10 tier is in test_regression_cifar.py, a file of its
+own so that pytest-xdist runs it beside this one. Regenerate the references with ``python tests/regression.py --write``.
 """
 import pandas as pd
 import pytest
 
-from regression import REFERENCE, SHARED_CIFAR, available, compare, run_tier
+from regression import assert_matches, compare, run_tier
 
 OFA = ("oat", "float", "floats", "smart")
 DIALS = OFA + ("oats-w0.5", "oats-w1")  # OATS: each width is a once-for-all model of its own
@@ -24,14 +25,8 @@ def digits(tmp_path_factory):
     return run_tier("digits", tmp_path_factory.mktemp("regression"))
 
 
-def _check(table, tier):
-    problems = compare(table, pd.read_csv(REFERENCE / f"{tier}.csv"))
-    assert not problems, (f"{tier}: {len(problems)} accuracies left their band (if the change was deliberate, "
-                          f"regenerate with python tests/regression.py --write --tier {tier}):\n" + "\n".join(problems))
-
-
 def test_digits_matches_reference(digits):
-    _check(digits, "digits")
+    assert_matches(digits, "digits")
 
 
 @pytest.mark.parametrize("method", DIALS)
@@ -56,14 +51,9 @@ def test_dial_costs_clean_accuracy_on_average(digits):
         f"{m} {d:+.4f}" for m, d in drops.items())
 
 
-@pytest.mark.skipif(not available("cifar10-subset"), reason=f"needs the CIFAR-10 subset at {SHARED_CIFAR}")
-def test_cifar10_subset_matches_reference(tmp_path):
-    _check(run_tier("cifar10-subset", tmp_path), "cifar10-subset")
-
-
 @pytest.mark.slow
 def test_digits_long_matches_reference(tmp_path):
-    _check(run_tier("digits-long", tmp_path), "digits-long")
+    assert_matches(run_tier("digits-long", tmp_path), "digits-long")
 
 
 def test_compare_flags_what_leaves_its_band():

@@ -20,6 +20,7 @@ LONGEST_FIRST = ("test_regression.py", "test_regression_cifar.py", "test_trainin
                  "test_executor.py", "test_distributed.py")
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: without xdist (-p no:xdist) it is not called
 def pytest_xdist_auto_num_workers(config):
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 

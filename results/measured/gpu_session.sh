@@ -18,6 +18,7 @@
 #                                                    # eager and --compile cudagraphs (traced in seconds)
 #     bash results/measured/gpu_session.sh compiled float 128   # --compile reduce-overhead (compiles: minutes;
 #                                                    # "compiled float 128 cudagraphs": another mode)
+#     bash results/measured/gpu_session.sh tests      # tests/test_gpu.py (two of its tests never ran on a GPU)
 #
 # A CPU dry run of aa's flags with a small model (AA_EXTRA's flags override the ones before them):
 #   AA_EXTRA="--arch small_cnn --subset 256 --epochs 1 --batch-size 64 --eval-n 20 --device cpu" OUT=/tmp/aa \
@@ -29,7 +30,7 @@ set -euo pipefail
 export PYTHONUNBUFFERED=1  # what python printed comes back even from a call that is cut short
 out=${OUT:-results/gpu-session}
 py=${PYTHON:-python3}   # the GPU machine's python3 holds torch; it may have no "python"
-part=${1:?which part: prepare, aa, bench, or compiled METHOD BATCH [MODE]}
+part=${1:?which part: prepare, aa, bench, tests, or compiled METHOD BATCH [MODE]}
 if [ "$part" = prepare ]; then
   # the CIFAR-10 subset (18 MB) and pyautoattack's code without its example weights (its wheel: 42 MB), git-ignored
   mkdir -p .data && rm -rf .data/cifar10-subset && cp -r ../shared/data/cifar10-subset .data/
@@ -52,6 +53,11 @@ case "$part" in
     # CUDA graphs without inductor: traced in about 30 s per conditioned method on a 2-core CPU (three graphs)
     run "$py" -m harness.bench --methods pgd_at,oat,float --iters 40 --compile cudagraphs
     run "$py" -m harness.bench --methods pgd_at,oat,float --batch-size 512 --iters 20 --compile cudagraphs
+    ;;
+  tests)
+    # tests/test_gpu.py: bf16 and CUDA graphs in training, CUDA peak memory (never run on a GPU), FLOAT's noise
+    # drawn afresh under replayed CUDA graphs (new; addopts off: the machine's pytest-xdist may predate 3.8)
+    run "$py" -m pytest -o addopts="" -q -p no:cacheprovider tests/test_gpu.py
     ;;
   compiled)
     run "$py" -m harness.bench --methods "${2:?method}" --batch-size "${3:-128}" --iters 40 --compile "${4:-reduce-overhead}"
@@ -89,7 +95,7 @@ case "$part" in
     esac
     ;;
   *)
-    echo "unknown part $part: prepare, aa, bench, or compiled METHOD BATCH [MODE]" >&2
+    echo "unknown part $part: prepare, aa, bench, tests, or compiled METHOD BATCH [MODE]" >&2
     exit 2
     ;;
 esac

@@ -12,10 +12,10 @@ def test_bench_runs_on_gpu():
     assert r["precision"] == "bf16" and r["images_per_s"] > 0 and r["peak_mem_mb"] > 0
 
 
-def _train_on_gpu(tmp_path, **train):
+def _train_on_gpu(tmp_path, method="pgd_at", **train):
     from harness.config import apply, from_preset
     from harness.runner import run
-    cfg = apply(from_preset("smoke"), dict(methods=("pgd_at",), out=str(tmp_path), progress=False, device="cuda",
+    cfg = apply(from_preset("smoke"), dict(methods=(method,), out=str(tmp_path), progress=False, device="cuda",
                                            train=train, eval=dict(aa="off", checks=False)))
     return run(cfg, log=lambda *_: None)
 
@@ -30,6 +30,24 @@ def test_training_on_gpu_matches_protocol(tmp_path, digits, compile):
     assert (table.device != "cpu").all()
     trained = table[~table.metric.str.startswith("infer_")]  # inference is timed in fp32
     assert (trained.precision == "bf16").all()
+
+
+@pytest.mark.parametrize("method", ["oat", "float"])
+def test_conditioned_training_under_cuda_graphs_matches_eager(tmp_path, digits, method):
+    """OAT and FLOAT trained with ``--compile cudagraphs`` (three graphs each: dual BN's row split, FLOAT's
+    noise and OAT's FiLM replayed from CUDA graphs) score what the eager training scores at every lambda,
+    clean and PGD-20, within the regression tier's bands (their random numbers differ, so not bit for bit)."""
+    from regression import tolerance
+
+    def accuracies(compile):
+        table = _train_on_gpu(tmp_path / compile, method, compile=compile)
+        return table[table.metric.isin(["clean_acc", "pgd_acc"])].set_index(["lambda", "metric"])[["value", "n"]]
+
+    eager, graphs = accuracies("off"), accuracies("cudagraphs")
+    assert len(eager) == len(graphs) == 2 * len(eager.index.unique("lambda"))
+    for (lam, metric), ref in eager.iterrows():
+        got = graphs.loc[(lam, metric), "value"]
+        assert abs(got - ref.value) <= tolerance(ref.value, int(ref.n), method, metric), (lam, metric, got, ref.value)
 
 
 def test_inference_peak_memory_leaves_out_what_the_process_holds_besides():

@@ -55,8 +55,9 @@ case "$part" in
     run "$py" -m harness.bench --methods pgd_at,oat,float --batch-size 512 --iters 20 --compile cudagraphs
     ;;
   tests)
-    # tests/test_gpu.py: bf16 and CUDA graphs in training, CUDA peak memory (never run on a GPU), FLOAT's noise
-    # drawn afresh under replayed CUDA graphs (new; addopts off: the machine's pytest-xdist may predate 3.8)
+    # tests/test_gpu.py: bf16 and CUDA graphs in training; new, never run on a GPU: CUDA peak memory, FLOAT's
+    # noise drawn afresh under replayed CUDA graphs, OAT and FLOAT trained with --compile cudagraphs scoring
+    # what eager training scores (addopts off: the machine's pytest-xdist may predate 3.8)
     run "$py" -m pytest -o addopts="" -q -p no:cacheprovider tests/test_gpu.py
     ;;
   compiled)

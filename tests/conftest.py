@@ -16,7 +16,8 @@ MAX_WORKERS = 4  # -n auto: each worker is a process of its own, with torch and 
 
 # the longest files (on a 2-core CPU in one process: about 105, 52, 80, 45, 34 and 12 s), run first so that
 # pytest-xdist starts the two regression tiers on separate workers and fills in around them, rather than
-# finding one at the end with the other workers idle (282 s of tests with this order, 333-341 s without)
+# finding one at the end with the other workers idle (282 s of tests in this order, 333-341 s in xdist's
+# default one, files with the most tests first)
 LONGEST_FIRST = ("test_regression.py", "test_regression_cifar.py", "test_training.py", "test_autoattack.py",
                  "test_executor.py", "test_distributed.py")
 

@@ -1,5 +1,7 @@
 """GPU paths (bf16 autocast, channels_last, CUDA peak memory, torch.compile with CUDA graphs); skipped
 cleanly without CUDA."""
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -10,6 +12,16 @@ def test_bench_runs_on_gpu():
     from harness.bench import bench
     r = bench("pgd_at", "preact_resnet18", 128, 5, torch.device("cuda"), None)
     assert r["precision"] == "bf16" and r["images_per_s"] > 0 and r["peak_mem_mb"] > 0
+
+
+@contextmanager
+def _no_graph_skips():
+    """Fails if torch fell back from CUDA graphs to plain kernels inside (it only warns): a compiled test
+    that passed after such a skip would have tested nothing."""
+    from torch._dynamo.utils import counters
+    counters["inductor"]["cudagraph_skips"] = 0
+    yield
+    assert counters["inductor"]["cudagraph_skips"] == 0, "torch skipped CUDA graphs (see its warning)"
 
 
 def _train_on_gpu(tmp_path, method="pgd_at", **train):
@@ -24,7 +36,8 @@ def _train_on_gpu(tmp_path, method="pgd_at", **train):
 def test_training_on_gpu_matches_protocol(tmp_path, digits, compile):
     """The smoke protocol on CUDA (bf16, channels_last), also with the forward compiled into CUDA graphs:
     the same real margins as on the CPU."""
-    table = _train_on_gpu(tmp_path, compile=compile)
+    with _no_graph_skips():
+        table = _train_on_gpu(tmp_path, compile=compile)
     acc = table.set_index("metric").value
     assert acc["clean_acc"] > 0.9 and acc["pgd_acc"] > 0.6
     assert (table.device != "cpu").all()
@@ -43,7 +56,9 @@ def test_conditioned_training_under_cuda_graphs_matches_eager(tmp_path, digits, 
         table = _train_on_gpu(tmp_path / compile, method, compile=compile)
         return table[table.metric.isin(["clean_acc", "pgd_acc"])].set_index(["lambda", "metric"])[["value", "n"]]
 
-    eager, graphs = accuracies("off"), accuracies("cudagraphs")
+    eager = accuracies("off")
+    with _no_graph_skips():
+        graphs = accuracies("cudagraphs")
     assert len(eager) == len(graphs) == 2 * len(eager.index.unique("lambda"))
     for (lam, metric), ref in eager.iterrows():
         got = graphs.loc[(lam, metric), "value"]
@@ -85,7 +100,7 @@ def test_noise_is_drawn_afresh_at_every_replayed_pass(mode):
         return torch.stack([model(x).detach().clone() for _ in range(n)])
 
     eager = passes().std(0).mean().item()
-    with compiled(model, mode, torch.device("cuda")):
+    with _no_graph_skips(), compiled(model, mode, torch.device("cuda")):
         out = passes()
     assert eager > 0
     assert all(not torch.equal(out[i], out[i + 1]) for i in range(len(out) - 1))

@@ -31,9 +31,9 @@ def test_cifar10_subset_end_to_end(tmp_path):
 def test_fashion_mnist_end_to_end(tmp_path):
     acc = _run(tmp_path, "--dataset", "fashion_mnist", "--data-root", str(SHARED_DATA), "--subset", "2000",
                "--eval-n", "500", "--epochs", "3", "--batch-size", "100")
-    # 3x chance: PGD-AT's clean accuracy after these 60 steps is 0.484 here (Fast-AT 0.584), the same at the
-    # commit that wrote this test, whose 0.5 it missed
-    assert (acc.clean_acc > 0.3).all(), acc
+    # 4x chance: PGD-AT's clean accuracy after these 60 steps is 0.484 here (Fast-AT 0.584), the same at the
+    # commit that wrote this test, whose bar of 0.5 it missed
+    assert (acc.clean_acc > 0.4).all(), acc
     assert (acc.pgd_acc <= acc.clean_acc).all(), acc
 
 
@@ -41,7 +41,7 @@ def test_fashion_mnist_end_to_end(tmp_path):
 def test_autoattack_takes_an_undefended_cifar_model_near_zero(tmp_path):
     """AutoAttack on an undefended model at eps = 8/255 leaves next to nothing: the small CNN trained without
     an attack (pgd_at at training lambda 0), 12 epochs on the 5.4k training images, scored on the first 100
-    test images. On a 2-core CPU (88 s): 0.53 clean, 0.05 under PGD-20, 0.03 under AutoAttack standard."""
+    test images. On a 2-core CPU (about 80 s): 0.53 clean, 0.05 under PGD-20, 0.03 under AutoAttack standard."""
     proc = run_cli("--methods", "pgd_at", "--train-lambdas", "0", "--dataset", "npz", "--data-root", str(CIFAR),
                    "--arch", "small_cnn", "--epochs", "12", "--eval", "pgd20", "--eval-n", "100", "--aa", "standard",
                    "--aa-n", "100", "--checks", "off", "--complexity", "off", "--no-report", "--no-progress",

@@ -27,7 +27,7 @@ from .data import Dataset, dataset_eps, load_dataset
 from .errors import LambenchError
 from .evaluate import evaluate
 from .executor import ExecutorConfig, check as check_executor, submit_and_wait
-from .store import LambdaRows, assemble, read_json, result_row, write_csv, write_json, write_text
+from .store import LambdaRows, assemble, fingerprint, read_json, result_row, write_csv, write_json, write_text
 from .train import precision_of, train
 
 
@@ -216,7 +216,8 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     t_eval = time.perf_counter()
     settings = {k: v for k, v in _eval_settings(job, cfg).items() if k != "lambdas"}  # a lambda's rows do not
     scored = LambdaRows(job_dir / "lambdas", settings | {  # depend on the others
-        "seed": job.seed, "device": device_name(device), "torch": torch.__version__})
+        "seed": job.seed, "device": device_name(device), "torch": torch.__version__,
+        "weights": fingerprint(model)})  # a model trained again is not the one scored before, unless equal
     rows = evaluate(method, model, data, cfg.eval, eps, seed=job.seed, progress=cfg.progress, scored=scored)
     eval_s = time.perf_counter() - t_eval + scored.reused_s  # the lambdas scored before count as they took
     # training cost as rows with no lambda (they do not vary with it)

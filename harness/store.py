@@ -6,13 +6,15 @@ Layout of ``<out>/<run>/``:
   <job>/epochs.csv      per-epoch loss, accuracy, images/s, wall-clock, CUDA peak memory
   <job>/rows.csv        this job's evaluation rows (written last: its presence marks the job done)
   <job>/eval.json       the evaluation settings rows.csv was produced with
-  <job>/lambdas/        each lambda's rows as soon as they are scored, with the evaluation settings: a
-                        stopped evaluation resumes at the next lambda, and a later one under the same
-                        settings (another --lambdas) scores only the lambdas not scored before
+  <job>/lambdas/        each lambda's rows as soon as they are scored, with the evaluation settings and
+                        the weights' fingerprint: a stopped evaluation resumes at the next lambda, and a
+                        later one of the same weights under the same settings (another --lambdas) scores
+                        only the lambdas not scored before
   results.csv           every finished job's rows: one row per job x lambda x metric
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -49,6 +51,17 @@ def save_checkpoint(path: Path, state: dict) -> None:
     write_atomic(path, lambda f: torch.save(state, f))
 
 
+def fingerprint(model: torch.nn.Module) -> str:
+    """A digest of every tensor of ``model``'s state (weights, BN statistics, masks, alphas): equal only for
+    the very same trained model, whatever its memory layout or device."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     """Load a checkpoint with ``weights_only=True``; a damaged file is a one-line error naming the fix."""
     try:
@@ -74,7 +87,9 @@ class LambdaRows:
     with the settings they were computed under and reused only under the same ones: an evaluation that is
     stopped (preempted, killed, out of time) resumes at the lambda it was scoring, and one over another
     lambda grid (``--lambdas``) scores only the lambdas it has no rows for. The settings name the device and
-    torch version too, so rows measured elsewhere are never passed off as this machine's. ``reused_s`` adds
+    torch version too, so rows measured elsewhere are never passed off as this machine's, and the trained
+    weights' ``fingerprint``, so rows of a model trained again (its checkpoint deleted) are reused only
+    where the new training gave the very same weights. ``reused_s`` adds
     up the scoring time of the lambdas given back, so a job's evaluation time counts every lambda once."""
 
     def __init__(self, folder: Path, settings: dict):

@@ -327,6 +327,44 @@ def test_a_stopped_evaluation_resumes_at_the_lambda_it_was_scoring(tmp_path, mon
     assert scored == [0, 0.05, 0.5, 1], "rows scored under other settings are not reused"
 
 
+def test_lambda_rows_are_reused_only_for_the_very_same_weights(tmp_path, monkeypatch):
+    """The corrupt-checkpoint error says to delete the checkpoint; the job then trains again. Rows scored on
+    the old model are reused only if the new training gave the very same weights (here: the CPU's
+    deterministic retraining); a model with other weights (here: its checkpoint edited) is scored anew at
+    every lambda, so no results table mixes two models."""
+    import run_all
+    from harness import evaluate
+    from harness.store import load_checkpoint, save_checkpoint
+    args = ["--methods", "float", "--epochs", "1", "--subset", "128", "--eval-n", "20", "--lambdas", "0,0.5,1",
+            "--aa", "off", "--checks", "off", "--complexity", "off", "--no-report", "--no-progress",
+            "--out", str(tmp_path)]
+    real, scored = evaluate._score_lambda, []
+
+    def stop_after_two(method, model, forward, lam, *rest):
+        if len(scored) == 2:
+            raise KeyboardInterrupt
+        scored.append(lam)
+        return real(method, model, forward, lam, *rest)
+
+    monkeypatch.setattr(evaluate, "_score_lambda", stop_after_two)
+    assert run_all.main(args) == 130
+    job = tmp_path / "smoke" / "float-digits-small_cnn-s0"
+    (job / "checkpoint.pt").unlink()
+    scored.clear()
+    monkeypatch.setattr(evaluate, "_score_lambda", lambda *a: scored.append(a[3]) or real(*a))
+    assert run_all.main(args) == 0
+    assert scored == [1.0], "trained again to the same weights: the two lambdas scored before are reused"
+    state = load_checkpoint(job / "checkpoint.pt")
+    conv = next(k for k in state["model"] if k.endswith("weight") and state["model"][k].dim() == 4)
+    state["model"][conv][0].mul_(-1)
+    save_checkpoint(job / "checkpoint.pt", state)
+    for done in ("rows.csv", "eval.json"):
+        (job / done).unlink()
+    scored.clear()
+    assert run_all.main(args) == 0
+    assert scored == [0.0, 0.5, 1.0], "other weights: every lambda is scored again"
+
+
 def test_lambda_rows_are_given_back_only_under_the_same_settings_device_and_lambda(tmp_path):
     from harness.store import LambdaRows
     settings = {"n": 40, "seed": 0, "device": "cpu", "torch": "2.14.1"}

@@ -136,9 +136,6 @@ def config_from_args(args):
     cfg = apply(cfg, run_fields)
     evals = {v: getattr(args, k) for k, v in EVAL_FLAGS.items() if getattr(args, k) is not None}
     evals.update({k: evals[k] == "on" for k in ON_OFF if k in evals})
-    for key in ("aa_n", "checks_n"):
-        if key in evals and evals[key] < 1:
-            raise LambenchError(f"--{key.replace('_', '-')} must be at least 1, got {evals[key]}")
     cfg = apply(cfg, {"eval": evals})
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     if "options" in overrides:

@@ -36,7 +36,7 @@ from .banks import weights_fixed
 from .config import COMPILE_MODES, TrainConfig
 from .data import DatasetInfo, DeviceLoader
 from .errors import LambenchError
-from .runner import device_name, resolve_device
+from .device import device_name, resolve_device
 from .train import _epoch, compiled, optimizer_for, precision_of
 
 #: operators that only make views or allocate (no kernel of their own), left out of ``--ops``

@@ -6,12 +6,25 @@ Flags on the command line override a preset field by field; methods may change d
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from .errors import LambenchError
 
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "cudagraphs")
+
+
+def _at_least_1(flag: str, value) -> None:
+    if value is not None and not (isinstance(value, int) and value >= 1):
+        raise LambenchError(f"{flag} must be a whole number of at least 1, got {value!r}")
+
+
+def _in(flag: str, value, low: float, high: float, example: str, open_low: bool = True) -> None:
+    """``value`` (unless None) in (low, high] (``open_low``) or [low, high]."""
+    if value is not None and not (low < value <= high if open_low else low <= value <= high):
+        side = "(" if open_low else "["
+        raise LambenchError(f"{flag} {value!r} is outside {side}{low:g}, {high:g}]; give e.g. {example}")
 
 
 @dataclass
@@ -33,6 +46,15 @@ class TrainConfig:
     log_every: int = 20          # iterations between progress-bar updates (each costs one host sync)
     options: dict = field(default_factory=dict)  # method-specific options (--opt key=value), e.g. encoding=onehot
 
+    def __post_init__(self):  # a bad value fails here, before any work, as one line naming the flag
+        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("log_every", self.log_every)):
+            _at_least_1(flag, value)
+        _in("--lr", self.lr, 0, math.inf, "0.1")
+        _in("momentum", self.momentum, 0, 1, "0.9", open_low=False)
+        _in("weight_decay", self.weight_decay, 0, 1, "5e-4", open_low=False)
+        _in("warmup_frac", self.warmup_frac, 0, 1, "0.4", open_low=False)
+        _in("--attack-step", self.attack_step, 0, 1, "2/255")
+
 
 @dataclass
 class EvalConfig:
@@ -52,6 +74,10 @@ class EvalConfig:
                                    # method's grid (--lambdas; dedicated models keep the lambda they were trained at)
 
     def __post_init__(self):
+        for flag, value in (("--eval-batch-size", self.batch_size), ("--eval-n", self.n), ("--aa-n", self.aa_n),
+                            ("--checks-n", self.checks_n), ("checks_eot", self.checks_eot)):
+            _at_least_1(flag, value)
+        _in("eval step", self.step, 0, 1, "2/255")
         if self.noise_draws < 3:  # the protocol: mean and spread over at least 3 draws of the noise
             raise LambenchError(f"noise_draws={self.noise_draws}: a random model's clean accuracy needs at least 3 noise draws")
 
@@ -73,6 +99,14 @@ class RunConfig:
     progress: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        _in("--eps", self.eps, 0, 1, "8/255 (inputs are in [0, 1])")
+        _at_least_1("--subset", self.subset)
+        for flag, given in (("--methods", self.methods), ("--dataset", self.datasets), ("--arch", self.archs),
+                            ("--seeds", self.seeds)):
+            if not given:
+                raise LambenchError(f"{flag} is empty; name at least one")
 
 
 # --- presets -----------------------------------------------------------------------------------------------

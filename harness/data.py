@@ -7,6 +7,7 @@ Data is read from ``--data-root`` or ``$LAMBENCH_DATA``; nothing is downloaded u
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +42,11 @@ class Dataset:
     y_train: torch.Tensor   # int64 [N]
     x_test: torch.Tensor
     y_test: torch.Tensor
+    fingerprint: str = ""   # digest of the four arrays as loaded (a job's results depend on the data's content)
 
     def to(self, device) -> "Dataset":
-        return Dataset(self.info, *(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)))
+        return Dataset(self.info, *(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)),
+                       self.fingerprint)
 
 
 _LOADERS: dict[str, Callable] = {}
@@ -208,7 +211,12 @@ def load_dataset(name: str, root: str | None = None, subset: int | None = None) 
     def nchw(a):
         return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
 
-    return Dataset(info, nchw(x_tr), torch.from_numpy(y_tr), nchw(x_te), torch.from_numpy(y_te))
+    digest = hashlib.blake2b(digest_size=16)
+    for a in (x_tr, y_tr, x_te, y_te):
+        a = np.ascontiguousarray(a)
+        digest.update(f"{a.dtype}{a.shape};".encode())
+        digest.update(a.data)
+    return Dataset(info, nchw(x_tr), torch.from_numpy(y_tr), nchw(x_te), torch.from_numpy(y_te), digest.hexdigest())
 
 
 # --- on-device batching and augmentation ---------------------------------------------------------------------

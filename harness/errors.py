@@ -15,3 +15,7 @@ class CheckpointError(LambenchError):
 
 class TrainingDiverged(LambenchError):
     pass
+
+
+class StoreError(LambenchError):
+    """A damaged file of the results store (config.json, eval.json, rows.csv, a lambda's rows)."""

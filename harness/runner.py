@@ -10,10 +10,8 @@ Jobs run here one after another (``--executor local``), each across every proces
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -22,69 +20,15 @@ import torch
 from methods import get_method
 
 from . import checks, distributed
-from .config import RunConfig, TrainConfig, apply, check_lambda
+from .config import RunConfig
 from .data import Dataset, dataset_eps, load_dataset
+from .device import device_name, resolve_device
 from .errors import LambenchError
 from .evaluate import evaluate
 from .executor import ExecutorConfig, check as check_executor, submit_and_wait
-from .store import LambdaRows, assemble, fingerprint, read_json, result_row, write_csv, write_json, write_text
+from .jobs import Job, check_seeds_agree, eval_settings, expand_jobs, identity, job_state, jsonable
+from .store import LambdaRows, assemble, fingerprint, result_row, write_csv, write_json, write_text
 from .train import precision_of, train
-
-
-@dataclass(frozen=True)
-class Job:
-    method: str
-    dataset: str
-    arch: str
-    seed: int
-    train_lambda: float | None
-    train: TrainConfig
-
-    @property
-    def name(self) -> str:
-        tl = "" if self.train_lambda is None else f"-tl{self.train_lambda:g}"
-        return f"{self.method}-{self.dataset}-{self.arch.replace(':', '_')}-s{self.seed}{tl}"
-
-
-def expand_jobs(cfg: RunConfig, train_overrides: dict | None = None) -> list[Job]:
-    """One job per method x dataset x arch x seed (x training lambda for per-lambda methods).
-
-    Training settings per job: the preset's, then the method's own defaults, then explicit flags. A method
-    option (``--opt key=value``) goes to the methods that have that option; one that none has is an error."""
-    jobs = []
-    overrides = dict(train_overrides or {})
-    options = overrides.pop("options", {})
-    classes = [get_method(name) for name in cfg.methods]
-    unknown = set(options) - {key for cls in classes for key in cls.options}
-    if unknown:  # an option goes to the methods that have it; one that none has is a mistake
-        known = "; ".join(f"{c.name}: {', '.join(c.options) or 'none'}" for c in classes)
-        raise LambenchError(f"no method of this run has option {', '.join(sorted(unknown))} (--opt); "
-                            f"their options: {known}")
-    for name, cls in zip(cfg.methods, classes):
-        mine = {k: v for k, v in options.items() if k in cls.options}
-        tcfg = apply(apply(cfg.train, cls.defaults), overrides | ({"options": mine} if mine else {}))
-        method = cls(tcfg, 0.0)  # bad options and a bad --lambdas fail here, before any training
-        if cfg.eval.lambdas is not None and cls.once_for_all:
-            method.eval_grid(cfg.eval.lambdas)
-        lambdas = cfg.train_lambdas if cfg.train_lambdas is not None else cls.train_lambdas
-        if cls.train_lambdas is None:
-            lambdas = (None,)
-        for lam in lambdas:
-            if lam is not None:
-                check_lambda(lam)
-            for dataset in cfg.datasets:
-                for arch in cfg.archs:
-                    for seed in cfg.seeds:
-                        jobs.append(Job(name, dataset, arch, seed, lam, tcfg))
-    return jobs
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LambenchError(f"--device {name} asked for, but CUDA is not available; use --device cpu")
-    return torch.device(name)
 
 
 def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command: str | None = None,
@@ -104,16 +48,17 @@ def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command:
     run_dir = Path(cfg.out) / (cfg.run or "run")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "run.json", {"command": command or "", "config": _jsonable(dataclasses.asdict(cfg)),
+        write_json(run_dir / "run.json", {"command": command or "", "config": jsonable(dataclasses.asdict(cfg)),
                                           "device": device_name(device), "versions": versions(),
                                           "processes": distributed.world_size(), "executor": ex.kind})
     distributed.barrier()
     if ex.kind != "local":
         return _submit(cfg, jobs, run_dir, ex, log)
-    datasets: dict[str, Dataset] = {}
+    # each dataset loaded once, kept on the device as uint8
+    datasets = {name: load_dataset(name, cfg.data_root, cfg.subset).to(device)
+                for name in dict.fromkeys(job.dataset for job in jobs)}
+    check_seeds_agree(jobs, cfg, run_dir, {name: d.fingerprint for name, d in datasets.items()})
     for i, job in enumerate(jobs, 1):
-        if job.dataset not in datasets:  # loaded once, kept on the device as uint8
-            datasets[job.dataset] = load_dataset(job.dataset, cfg.data_root, cfg.subset).to(device)
         log(f"[{i}/{len(jobs)}] {job.name}")
         run_job(job, cfg, datasets[job.dataset], run_dir, device, log)
         if main:
@@ -133,7 +78,11 @@ def _submit(cfg: RunConfig, jobs: list[Job], run_dir: Path, ex: ExecutorConfig, 
     if cfg.force:
         for job in jobs:
             shutil.rmtree(run_dir / job.name, ignore_errors=True)
-    todo = [job for job in jobs if job_state(job, cfg, run_dir) != "done"]
+    # the data's fingerprints, read here (on the CPU) as the tasks will read them
+    data = {name: load_dataset(name, cfg.data_root, cfg.subset).fingerprint
+            for name in dict.fromkeys(job.dataset for job in jobs)}
+    check_seeds_agree(jobs, cfg, run_dir, data)
+    todo = [job for job in jobs if job_state(job, cfg, run_dir, data[job.dataset]) != "done"]
     log(f"{len(jobs) - len(todo)} finished already, {len(todo)} to run")
     failures = submit_and_wait(cfg, todo, run_dir, ex, log)
     table = assemble(run_dir)
@@ -157,32 +106,6 @@ def run_one(cfg: RunConfig, job: Job, run_dir: Path, log=print) -> None:
         distributed.shutdown()
 
 
-def _identity(job: Job, cfg: RunConfig) -> dict:
-    """What a job's results depend on (its ``config.json``); ``eval.json`` holds the evaluation settings."""
-    return {"method": job.method, "dataset": job.dataset, "arch": job.arch, "seed": job.seed,
-            "train_lambda": job.train_lambda, "eps": dataset_eps(job.dataset, cfg.eps), "subset": cfg.subset,
-            "train": dataclasses.asdict(job.train)}
-
-
-def _eval_settings(job: Job, cfg: RunConfig) -> dict:
-    return dataclasses.asdict(cfg.eval) | {"eps": dataset_eps(job.dataset, cfg.eps)}
-
-
-def job_state(job: Job, cfg: RunConfig, run_dir: Path) -> str:
-    """"done" (rows written under these settings), "new" (nothing yet, or a checkpoint to resume from);
-    a folder trained with other settings is an error naming --force."""
-    job_dir = run_dir / job.name
-    if not (job_dir / "config.json").exists():
-        return "new"
-    if read_json(job_dir / "config.json") != _jsonable(_identity(job, cfg)):
-        raise LambenchError(f"{job_dir} holds a job trained with other settings; rerun with --force to "
-                            f"retrain it, or pick another --run name")
-    if (job_dir / "rows.csv").exists() and (job_dir / "eval.json").exists() \
-            and read_json(job_dir / "eval.json") == _jsonable(_eval_settings(job, cfg)):
-        return "done"
-    return "new"
-
-
 def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torch.device, log=print) -> None:
     """Train (or resume) and evaluate one job; on several processes every rank takes part, rank 0 writes."""
     job_dir = run_dir / job.name
@@ -193,9 +116,12 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
         try:
             if cfg.force and job_dir.exists():
                 shutil.rmtree(job_dir)
-            state = job_state(job, cfg, run_dir)
+            state = job_state(job, cfg, run_dir, data.fingerprint)
             if state != "done":
-                write_json(job_dir / "config.json", _identity(job, cfg))
+                write_json(job_dir / "config.json", identity(job, cfg, data.fingerprint))
+                # rows.csv may stay (the run's table keeps it until new rows replace it), but without an
+                # eval.json it is never taken for rows of these settings, wherever this run stops
+                (job_dir / "eval.json").unlink(missing_ok=True)
         except LambenchError as exc:  # every rank stops with it
             state = exc
     state = distributed.broadcast_object(state)
@@ -214,7 +140,7 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     history = train(method, model, shard, job.train, job_dir, device, cfg.progress, log)
     trained = len(shard.x_train) * distributed.world_size()
     t_eval = time.perf_counter()
-    settings = {k: v for k, v in _eval_settings(job, cfg).items() if k != "lambdas"}  # a lambda's rows do not
+    settings = {k: v for k, v in eval_settings(job, cfg).items() if k != "lambdas"}  # a lambda's rows do not
     scored = LambdaRows(job_dir / "lambdas", settings | {  # depend on the others
         "seed": job.seed, "device": device_name(device), "torch": torch.__version__,
         "weights": fingerprint(model)})  # a model trained again is not the one scored before, unless equal
@@ -223,7 +149,10 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     # training cost as rows with no lambda (they do not vary with it)
     seconds = sum(h["seconds"] for h in history)
     images = sum(h["seconds"] * h["images_per_s"] for h in history)
-    cost = [result_row(float("nan"), m, v, trained) for m, v in (
+    # labelled with the device and precision training ran on (epochs resumed elsewhere: each of them)
+    trained_on = {key: " + ".join(dict.fromkeys(str(h.get(key, "unrecorded")) for h in history))
+                  for key in ("device", "precision")}
+    cost = [result_row(float("nan"), m, v, trained, **(trained_on if m != "eval_time_s" else {})) for m, v in (
         ("train_time_s", seconds), ("train_epoch_time_s", seconds / len(history) if history else float("nan")),
         ("train_images_per_s", images / seconds if seconds else float("nan")),
         ("train_peak_mem_mb", max(h["peak_mem_mb"] for h in history)), ("epochs_trained", len(history)),
@@ -237,8 +166,8 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
         return
     warnings = checks.warning_lines(rows)
     write_text(job_dir / "warnings.txt", "".join(line + "\n" for line in warnings))
-    write_json(job_dir / "eval.json", _eval_settings(job, cfg))
     write_csv(job_dir / "rows.csv", pd.DataFrame([meta | {k: v for k, v in r.items() if k != "detail"} for r in rows]))
+    write_json(job_dir / "eval.json", eval_settings(job, cfg))  # last: it marks the rows as these settings'
     _log_rows(rows, log)
     for line in warnings:
         log(f"  {line}")
@@ -270,10 +199,6 @@ def _log_group(rows, log) -> None:
         log(f"  params {job['params'] / 1e6:.3f}M, stored for the whole lambda range {job['stored_params'] / 1e6:.3f}M")
 
 
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
 def versions() -> dict:
     import platform
     from importlib.metadata import PackageNotFoundError, version
@@ -285,7 +210,3 @@ def versions() -> dict:
         except PackageNotFoundError:
             out[pkg] = ""
     return out
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, sort_keys=True))

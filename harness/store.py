@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from .atomic import write_atomic, write_text
-from .errors import CheckpointError
+from .errors import CheckpointError, StoreError
 
 #: columns every results.csv has, in this order (later issues add metrics as rows, not columns)
 COLUMNS = ["run", "job", "method", "dataset", "arch", "seed", "train_lambda", "lambda", "metric", "value",
@@ -40,7 +40,12 @@ def write_json(path: Path, obj) -> None:
 
 
 def read_json(path: Path):
-    return json.loads(Path(path).read_text())
+    """A store file's content; a damaged one (cut short, edited) is a one-line error naming the fix."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{path} is damaged ({type(exc).__name__}); delete it, or rerun with --force to "
+                         f"redo that job") from None
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
@@ -74,12 +79,20 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 def assemble(run_dir: Path) -> pd.DataFrame:
     """Rebuild ``results.csv`` from the finished jobs' own rows (in any order, each exactly once)."""
     run_dir = Path(run_dir)
-    frames = [pd.read_csv(p) for p in sorted(run_dir.glob("*/rows.csv"))]
+    frames = [_read_rows(p) for p in sorted(run_dir.glob("*/rows.csv"))]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     extra = [c for c in table.columns if c not in COLUMNS]
     table = table[[c for c in COLUMNS if c in table.columns] + extra]
     write_csv(run_dir / "results.csv", table)
     return table
+
+
+def _read_rows(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
+        raise StoreError(f"{path} is damaged ({type(exc).__name__}); delete it (rerunning the command "
+                         f"scores that job again) or rerun with --force") from None
 
 
 class LambdaRows:
@@ -104,7 +117,7 @@ class LambdaRows:
             return None
         try:
             saved = read_json(self._path(variant, lam))
-        except ValueError:  # a file cut short is not a result
+        except StoreError:  # a file cut short is not a result
             return None
         if saved.get("settings") != self.settings or saved.get("lambda") != lam:
             return None

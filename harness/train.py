@@ -23,7 +23,8 @@ from . import distributed
 from .banks import weights_fixed
 from .config import COMPILE_MODES, TrainConfig
 from .data import Dataset, DeviceLoader
-from .errors import LambenchError, TrainingDiverged
+from .device import device_name
+from .errors import CheckpointError, LambenchError, TrainingDiverged
 from .store import load_checkpoint, save_checkpoint, write_csv
 
 
@@ -110,12 +111,17 @@ def train(method, model, data: Dataset, cfg: TrainConfig, job_dir: Path, device:
     history, start = [], 0
     if ckpt.exists():
         state = load_checkpoint(ckpt, map_location=device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        method.load_state_dict(state["method"])
-        _restore_rng(state["rng"], device)
-        history, start = state["history"], state["epoch"]
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            method.load_state_dict(state["method"])
+            _restore_rng(state["rng"], device)
+            history, start = state["history"], state["epoch"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {ckpt} does not fit this job ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:120]}); delete it or rerun with --force to "
+                                  f"retrain that job") from None
         if state.get("finished"):
             return history
         log(f"resuming {job_dir.name} from epoch {start}/{cfg.epochs}")
@@ -201,7 +207,8 @@ def _epoch(method, model, step, loader, opt, sched, cfg, device, precision, epoc
     loss_total, correct_total, seen, scored = _totals(loss_sum, correct, seen, scored)
     record = {"epoch": epoch + 1, "loss": loss_total / seen, "train_acc": correct_total / scored,
               "lr": opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen / seconds,
-              "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")}
+              "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan"),
+              "device": device_name(device), "precision": precision}  # a resumed run may train elsewhere
     # every rank runs the method's end of epoch (its own state stays consistent); rank 0's outcome and model
     # state (FLOATS masks, Fast-AT's rollback and stop) are then everyone's
     record.update(distributed.broadcast_object(method.end_epoch(model, epoch, first_batch, opt)))

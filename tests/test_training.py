@@ -13,7 +13,8 @@ import torch
 
 from conftest import ROOT
 from harness.config import RunConfig, from_preset
-from harness.runner import expand_jobs, run
+from harness.jobs import expand_jobs
+from harness.runner import run
 from harness.train import lr_factor
 from methods import get_method
 from methods.base import Method

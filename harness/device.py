@@ -1,0 +1,23 @@
+"""Which device a run uses, and its name as results record it."""
+from __future__ import annotations
+
+import torch
+
+from .errors import LambenchError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1``, ...; anything else is a one-line error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise LambenchError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LambenchError(f"--device {name} asked for, but CUDA is not available; use --device cpu")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -1,0 +1,161 @@
+"""Jobs: how a run expands into them, what each one's results depend on, and where each stands in the store.
+
+A job's ``config.json`` is its identity (what training its model depends on, the data's content included);
+its ``eval.json`` the evaluation settings its ``rows.csv`` was scored under. A run folder is one protocol:
+the seeds of one model (same method, dataset, architecture and training lambda) must agree on both, or the
+report would average different experiments as if they were seeds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from methods import get_method
+
+from .config import RunConfig, TrainConfig, apply, check_lambda
+from .data import dataset_eps
+from .errors import LambenchError, StoreError
+from .store import read_json
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str
+    dataset: str
+    arch: str
+    seed: int
+    train_lambda: float | None
+    train: TrainConfig
+
+    @property
+    def name(self) -> str:
+        tl = "" if self.train_lambda is None else f"-tl{self.train_lambda:g}"
+        return f"{self.method}-{self.dataset}-{self.arch.replace(':', '_')}-s{self.seed}{tl}"
+
+
+def expand_jobs(cfg: RunConfig, train_overrides: dict | None = None) -> list[Job]:
+    """One job per method x dataset x arch x seed (x training lambda for per-lambda methods).
+
+    Training settings per job: the preset's, then the method's own defaults, then explicit flags. A method
+    option (``--opt key=value``) goes to the methods that have that option; one that none has is an error."""
+    jobs = []
+    overrides = dict(train_overrides or {})
+    options = overrides.pop("options", {})
+    classes = [get_method(name) for name in cfg.methods]
+    unknown = set(options) - {key for cls in classes for key in cls.options}
+    if unknown:
+        known = "; ".join(f"{c.name}: {', '.join(c.options) or 'none'}" for c in classes)
+        raise LambenchError(f"no method of this run has option {', '.join(sorted(unknown))} (--opt); "
+                            f"their options: {known}")
+    for name, cls in zip(cfg.methods, classes):
+        mine = {k: v for k, v in options.items() if k in cls.options}
+        tcfg = apply(apply(cfg.train, cls.defaults), overrides | ({"options": mine} if mine else {}))
+        # bad options and a bad --lambdas fail here, before any training (an unknown dataset too)
+        method = cls(tcfg, dataset_eps(cfg.datasets[0], cfg.eps))
+        if cfg.eval.lambdas is not None and cls.once_for_all:
+            method.eval_grid(cfg.eval.lambdas)
+        lambdas = cfg.train_lambdas if cfg.train_lambdas is not None else cls.train_lambdas
+        if cls.train_lambdas is None:
+            lambdas = (None,)
+        for lam in lambdas:
+            if lam is not None:
+                check_lambda(lam)
+            for dataset in cfg.datasets:
+                for arch in cfg.archs:
+                    for seed in cfg.seeds:
+                        jobs.append(Job(name, dataset, arch, seed, lam, tcfg))
+    return jobs
+
+
+def jsonable(obj):
+    return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def identity(job: Job, cfg: RunConfig, data_fingerprint: str) -> dict:
+    """What a job's model depends on (its ``config.json``); ``eval.json`` holds the evaluation settings."""
+    return jsonable({"method": job.method, "dataset": job.dataset, "arch": job.arch, "seed": job.seed,
+                     "train_lambda": job.train_lambda, "eps": dataset_eps(job.dataset, cfg.eps),
+                     "subset": cfg.subset, "data": data_fingerprint, "train": dataclasses.asdict(job.train)})
+
+
+def eval_settings(job: Job, cfg: RunConfig) -> dict:
+    return jsonable(dataclasses.asdict(cfg.eval) | {"eps": dataset_eps(job.dataset, cfg.eps)})
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every setting that differs (nested dicts by their dotted keys)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "unset"), new.get(key, "unset")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            short = (lambda v: v[:8] if key == "data" and isinstance(v, str) else v)
+            out.append(f"{prefix}{key}: {short(a)} -> {short(b)}")
+    return out
+
+
+def _said(differences: list[str]) -> str:
+    return ", ".join(differences[:3]) + (f" and {len(differences) - 3} more" if len(differences) > 3 else "")
+
+
+def _stored(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    stored = read_json(path)
+    if not isinstance(stored, dict):
+        raise StoreError(f"{path} is damaged (not a settings object); delete it, or rerun with --force to redo "
+                         f"that job")
+    return stored
+
+
+def _evaluated(job_dir: Path) -> dict | None:
+    """The settings of the job's rows.csv; None where there are none, or only a damaged eval.json (then the
+    job is scored again: each lambda's rows are kept apart, so that costs little)."""
+    try:
+        return _stored(job_dir / "eval.json") if (job_dir / "rows.csv").exists() else None
+    except StoreError:
+        return None
+
+
+def job_state(job: Job, cfg: RunConfig, run_dir: Path, data_fingerprint: str) -> str:
+    """"done" (rows written under these settings), "new" (nothing yet, or a checkpoint to resume from);
+    a folder trained with other settings is an error naming what differs and --force."""
+    job_dir = run_dir / job.name
+    stored = _stored(job_dir / "config.json")
+    if stored is None:
+        return "new"
+    wanted = identity(job, cfg, data_fingerprint)
+    if stored != wanted:
+        raise LambenchError(f"{job_dir} holds a job trained with other settings ({_said(_differences(stored, wanted))}"
+                            f"); rerun with --force to retrain it, or pick another --run name")
+    if _evaluated(job_dir) == eval_settings(job, cfg):
+        return "done"
+    return "new"
+
+
+def check_seeds_agree(jobs: list[Job], cfg: RunConfig, run_dir: Path, fingerprints: dict[str, str]) -> None:
+    """Refuse a run whose jobs would sit in ``run_dir`` beside seeds of the same model trained or scored
+    under other settings (say a second command with other --epochs or --eval-n and another --seeds): the
+    report averages a model's seeds, and would average two experiments. ``fingerprints``: dataset -> data."""
+    mine = {job.name for job in jobs}
+    others = [p for p in sorted(Path(run_dir).glob("*/config.json")) if p.parent.name not in mine]
+    for job in jobs:
+        wanted = identity(job, cfg, fingerprints[job.dataset])
+        point = {k: wanted[k] for k in ("method", "dataset", "arch", "train_lambda")}
+        for path in others:
+            stored = _stored(path)
+            if {k: stored.get(k) for k in point} != point:
+                continue
+            differ = _differences({**stored, "seed": None}, {**wanted, "seed": None})
+            what, scored = "trained", _evaluated(path.parent)
+            if not differ and scored is not None:
+                drop = (lambda d: {k: v for k, v in d.items() if k != "lambdas"})  # a grid does not change a row
+                differ, what = _differences(drop(scored), drop(eval_settings(job, cfg))), "evaluated"
+            if differ:
+                raise LambenchError(f"{path.parent} is seed {stored.get('seed')} of {job.name}'s model, {what} with "
+                                    f"other settings ({_said(differ)}); the report would average them as seeds: "
+                                    f"pick another --run, include seed {stored.get('seed')} in --seeds "
+                                    f"(with --force if it was trained differently), or delete that folder")

@@ -1,0 +1,149 @@
+"""A run folder never holds figures a reader cannot trust: seeds of one model agree on every setting, a
+job's data is part of its identity, a stopped re-evaluation is never taken for a finished one, damaged store
+files are one-line errors (or rescored), and training cost names the device it was measured on."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import run_all
+from harness.store import load_checkpoint, save_checkpoint
+
+QUICK = ["--methods", "pgd_at", "--epochs", "1", "--subset", "64", "--eval-n", "16", "--aa", "off",
+         "--checks", "off", "--complexity", "off", "--no-report", "--no-progress"]
+JOB = "pgd_at-digits-small_cnn-s0-tl1"
+
+
+def _main(capsys, *argv):
+    code = run_all.main(list(argv))
+    return code, capsys.readouterr()
+
+
+def test_seeds_of_one_model_trained_or_scored_otherwise_are_refused(tmp_path, capsys):
+    """The report averages a model's seeds; a second command adding seed 1 with other --epochs (or another
+    --eval-n) would have had it average two experiments. It is refused, naming what differs; a new
+    --lambdas grid is not a difference."""
+    out = ["--out", str(tmp_path)]
+    assert _main(capsys, *QUICK, *out)[0] == 0
+    code, io = _main(capsys, *QUICK, *out, "--seeds", "1", "--epochs", "2")
+    assert code == 2 and "seed 0" in io.err and "train.epochs: 1 -> 2" in io.err and "--run" in io.err
+    assert io.err.count("\n") == 1
+    code, io = _main(capsys, *QUICK, *out, "--seeds", "1", "--eval-n", "24")
+    assert code == 2 and "evaluated with other settings" in io.err and "n: 16 -> 24" in io.err
+    assert not (tmp_path / "smoke" / "pgd_at-digits-small_cnn-s1-tl1").exists(), "refused before any work"
+    assert _main(capsys, *QUICK, *out, "--seeds", "0,1", "--eval-n", "24")[0] == 0, "both seeds, same settings"
+    table = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    assert set(table.loc[table.metric == "clean_acc", "n"]) == {24}
+    other_lambdas = ["--methods", "float", "--lambdas", "0,1"]
+    assert _main(capsys, *QUICK, *other_lambdas, *out, "--seeds", "0")[0] == 0
+    assert _main(capsys, *QUICK, *out, "--methods", "float", "--seeds", "1")[0] == 0, "another grid is fine"
+
+
+def _npz_folder(path, flip_test):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (96, 8, 8, 3), dtype=np.uint8), rng.integers(0, 4, 96)
+    path.mkdir()
+    np.savez(path / "train.npz", x=x[:64], y=y[:64])
+    np.savez(path / "test.npz", x=255 - x[64:] if flip_test else x[64:], y=y[64:])
+    return str(path)
+
+
+def test_a_job_on_other_data_is_not_taken_for_the_one_done(tmp_path, capsys):
+    """Two data roots with the same training split and another test set: the job's finished rows belong to
+    the first; under the second root the job is refused (its data's fingerprint differs), not skipped."""
+    quick = [a for a in QUICK if a not in ("--subset", "64")]
+    out = ["--out", str(tmp_path / "out"), "--dataset", "npz"]
+    a, b = _npz_folder(tmp_path / "a", False), _npz_folder(tmp_path / "b", True)
+    assert _main(capsys, *quick, *out, "--data-root", a)[0] == 0
+    assert _main(capsys, *quick, *out, "--data-root", a)[1].out.count("done already") == 1
+    code, io = _main(capsys, *quick, *out, "--data-root", b)
+    assert code == 2 and "trained with other settings (data:" in io.err and "--force" in io.err
+
+
+def test_a_stopped_reevaluation_never_marks_old_rows_as_new(tmp_path, capsys, monkeypatch):
+    """A job re-evaluated under new settings drops its eval.json first and writes it after rows.csv: stopped
+    in between, its rows.csv (old settings) is never taken for rows of the new ones."""
+    from harness import evaluate
+    out = ["--out", str(tmp_path)]
+    job = tmp_path / "smoke" / JOB
+    assert _main(capsys, *QUICK, *out)[0] == 0
+    real = evaluate._score_lambda
+
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "_score_lambda", stop)
+    assert _main(capsys, *QUICK, *out, "--eval-n", "24")[0] == 130
+    assert (job / "rows.csv").exists() and not (job / "eval.json").exists()
+    monkeypatch.setattr(evaluate, "_score_lambda", real)
+    code, io = _main(capsys, *QUICK, *out, "--eval-n", "24")
+    assert code == 0 and "done already" not in io.out
+    rows = pd.read_csv(job / "rows.csv")
+    assert set(rows.loc[rows.metric == "clean_acc", "n"]) == {24}
+    assert json.loads((job / "eval.json").read_text())["n"] == 24
+
+
+def test_damaged_store_files_are_one_line_errors_or_scored_again(tmp_path, capsys):
+    out = ["--out", str(tmp_path)]
+    job = tmp_path / "smoke" / JOB
+    assert _main(capsys, *QUICK, *out)[0] == 0
+    (job / "eval.json").write_text('{"n": ')  # the marker of finished rows, cut short: score again
+    code, io = _main(capsys, *QUICK, *out)
+    assert code == 0 and "done already" not in io.out and json.loads((job / "eval.json").read_text())["n"] == 16
+    (job / "config.json").write_text('{"method": ')
+    code, io = _main(capsys, *QUICK, *out)
+    assert code == 2 and io.err.count("\n") == 1 and "config.json is damaged" in io.err and "--force" in io.err
+    assert _main(capsys, *QUICK, *out, "--force")[0] == 0
+    state = load_checkpoint(job / "checkpoint.pt")
+    del state["rng"]
+    save_checkpoint(job / "checkpoint.pt", state)
+    (job / "eval.json").unlink()
+    code, io = _main(capsys, *QUICK, *out)
+    assert code == 2 and io.err.count("\n") == 1 and "does not fit this job" in io.err and "--force" in io.err
+    assert _main(capsys, *QUICK, *out, "--force")[0] == 0
+    (tmp_path / "smoke" / "other-job").mkdir()
+    (tmp_path / "smoke" / "other-job" / "rows.csv").write_text("")
+    code, io = _main(capsys, *QUICK, *out)
+    assert code == 2 and io.err.count("\n") == 1 and "rows.csv is damaged" in io.err
+
+
+def test_training_cost_names_the_device_it_was_measured_on(tmp_path, capsys):
+    """A job trained on a GPU and re-scored on the CPU (a new --eval-n) keeps its training figures labelled
+    with the GPU and bf16; the evaluation's rows say cpu. Here the checkpoint's history is edited to stand
+    for epochs trained elsewhere."""
+    out = ["--out", str(tmp_path)]
+    job = tmp_path / "smoke" / JOB
+    assert _main(capsys, *QUICK, *out)[0] == 0
+    table = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    assert set(table["device"]) == {"cpu"} and set(table["precision"]) == {"fp32"}
+    state = load_checkpoint(job / "checkpoint.pt")
+    for record in state["history"]:
+        record.update(device="NVIDIA H100 80GB HBM3", precision="bf16")
+    save_checkpoint(job / "checkpoint.pt", state)
+    assert _main(capsys, *QUICK, *out, "--eval-n", "24")[0] == 0
+    table = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    cost = table.metric.isin(["train_time_s", "train_images_per_s", "train_peak_mem_mb", "epochs_trained"])
+    assert set(table.loc[cost, "device"]) == {"NVIDIA H100 80GB HBM3"} and set(table.loc[cost, "precision"]) == {"bf16"}
+    assert set(table.loc[table.metric == "clean_acc", "device"]) == {"cpu"}
+    assert set(table.loc[table.metric == "eval_time_s", "device"]) == {"cpu"}
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--epochs", "0"], "--epochs must be a whole number of at least 1"),
+    (["--epochs", "-1"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--eval-batch-size", "-1"], "--eval-batch-size"),
+    (["--eval-n", "0"], "--eval-n"),
+    (["--eval-n", "-5"], "--eval-n"),
+    (["--lr", "-0.1"], "--lr -0.1 is outside (0, inf]"),
+    (["--eps", "-0.1"], "--eps"),
+    (["--eps", "2"], "--eps 2.0 is outside (0, 1]"),
+    (["--attack-step", "-1"], "--attack-step"),
+    (["--device", "foo"], "--device 'foo' is not a device"),
+    (["--methods", ","], "--methods is empty"),
+])
+def test_bad_numbers_are_one_line_errors_before_any_work(tmp_path, capsys, argv, expected):
+    code, io = _main(capsys, *QUICK, "--out", str(tmp_path), *argv)
+    assert code == 2 and io.err.count("\n") == 1 and expected in io.err and io.err.startswith("lambench: error:")
+    assert not any(tmp_path.iterdir()), "nothing written before the input is checked"

@@ -102,7 +102,8 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                        notes=notes["tables"])
     s_checks = Section("checks", "Sanity checks", "Checks the evaluation ran on its own attacks; a flag marks a "
                        "result to distrust.", tables=check_tables(table, methods), notes=notes["checks"])
-    s_config = Section("config", "Run configuration", "How these results were produced (run.json).",
+    s_config = Section("config", "Run configuration",
+                       "How these results were produced (each job's settings, run.json).",
                        tables=[config_table(run)], notes=notes["config"])
     return Report(f"lambench report: {run.name}", _facts(run, pts, floor),
                   [s_trade, s_lambda, s_cost, s_dial, s_tables, s_checks, s_config])
@@ -142,7 +143,7 @@ def _attack_caption(pts: pd.DataFrame) -> str:
 def _facts(run: Run, pts: pd.DataFrame, floor) -> list[tuple[str, str]]:
     t = run.table
     settings = sorted({f"{d} · {a} · ε = {fmt_eps(e)}" for d, a, e in pts[T.SETTING].itertuples(index=False)})
-    device = run.info.get("device") or ", ".join(sorted(set(t["device"]) - {""})) or "—"
+    device = ", ".join(sorted(set(t["device"]) - {""})) or run.info.get("device") or "—"  # the rows' own
     n_eval = sorted({int(n) for n in t.loc[t["metric"] == "clean_acc", "n"].dropna()})
     return [("run", run.name), ("setting", "; ".join(settings)),
             ("methods", ", ".join(style.display(m) for m in style.method_order(t["method"]))),

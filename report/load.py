@@ -21,6 +21,8 @@ class Run:
     dir: Path
     table: pd.DataFrame
     info: dict = field(default_factory=dict)
+    #: job -> the settings its rows came from: its ``config.json`` (training) and ``eval.json`` (evaluation)
+    jobs: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -50,7 +52,8 @@ def load_run(run_dir) -> Run:
     if table.empty:
         raise LambenchError(f"results.csv in {run_dir} has no rows (no job has finished yet); run python "
                             f"run_all.py until at least one job finishes")
-    return Run(run_dir, _normalise(table), _info(run_dir))
+    table = _normalise(table)
+    return Run(run_dir, table, _info(run_dir), _jobs(run_dir, sorted(set(table["job"]))))
 
 
 def _normalise(table: pd.DataFrame) -> pd.DataFrame:
@@ -68,6 +71,21 @@ def _normalise(table: pd.DataFrame) -> pd.DataFrame:
     job_eps = own.groupby("job")["eps"].agg(lambda s: s.mode().iloc[0])
     table["job_eps"] = table["job"].map(job_eps).fillna(-1.0)
     return table
+
+
+def _jobs(run_dir: Path, names: list[str]) -> dict:
+    """Each job's own settings (a run.json describes only the last command); unreadable files are left out."""
+    out = {}
+    for name in names:
+        settings = {}
+        for part, file in (("train", "config.json"), ("eval", "eval.json")):
+            try:
+                settings[part] = json.loads((run_dir / name / file).read_text())
+            except (ValueError, OSError):
+                continue
+        if settings:
+            out[name] = settings
+    return out
 
 
 def _info(run_dir: Path) -> dict:

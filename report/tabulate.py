@@ -161,8 +161,38 @@ def config_table(run) -> Table:
         values = sorted(set(t[col]) - {""})
         if values:
             rows.append([f"results rows: {col}", ", ".join(values)])
-    rows += [[f"config: {k}", v] for k, v in _flatten(info.get("config") or {})]
-    return Table("config", "Configuration", ["setting", "value"], rows, "From run.json (the last invocation).")
+    jobs = getattr(run, "jobs", {})
+    rows += _job_settings(jobs, t)
+    # run.json's training and evaluation settings are the last command's before each method's own defaults:
+    # where the jobs' own files are there, those stand instead
+    own = {"train", "eval"} if jobs else set()
+    rows += [[f"config: {k}", v] for k, v in _flatten({k: v for k, v in (info.get("config") or {}).items()
+                                                       if k not in own})]
+    caption = ("Training and evaluation settings from each job's config.json and eval.json (per method where "
+               "methods differ); the rest from run.json (the last invocation).") if jobs else \
+        "From run.json (the last invocation)."
+    return Table("config", "Configuration", ["setting", "value"], rows, caption)
+
+
+def _job_settings(jobs: dict, table: pd.DataFrame) -> list:
+    """One row per training / evaluation setting: its value where every job agrees, else the value of each
+    method (several values within a method: all of them, so a mixed run shows as one)."""
+    method_of = table.drop_duplicates("job").set_index("job")["method"].to_dict()
+    values: dict[str, dict[str, set]] = {}
+    for job, parts in jobs.items():
+        for part, settings in parts.items():
+            flat = dict(_flatten(settings.get("train", {}), "train.") if part == "train" else
+                        _flatten(settings, "eval."))
+            for key, value in flat.items():
+                values.setdefault(key, {}).setdefault(method_of.get(job, job), set()).add(value)
+    rows = []
+    for key in sorted(values):
+        per = values[key]
+        every = set().union(*per.values())
+        value = next(iter(every)) if len(every) == 1 else "; ".join(
+            f"{m}: {' | '.join(sorted(v))}" for m, v in sorted(per.items()))
+        rows.append([key, value])
+    return rows
 
 
 def _flatten(obj, prefix=""):

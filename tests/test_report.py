@@ -215,3 +215,30 @@ def test_cli_errors_exit_2(tmp_path):
     assert bad.stderr.startswith("lambench: error:") and bad.stderr.count("\n") == 1 and "run_all.py" in bad.stderr
     floor = _cli(str(tmp_path), "--clean-floor", "80")
     assert floor.returncode == 2 and "outside [0, 1]" in floor.stderr
+
+
+def test_configuration_shows_each_jobs_own_settings(tmp_path):
+    """run.json records the last command's settings before each method's defaults and flags (the fixture's
+    says 15 epochs; its jobs trained 2). Where the jobs' config.json and eval.json are there, the table shows
+    those: one value where all jobs agree, each method's where they differ, every value where a method's
+    jobs differ. (The job files here are written by the test: stand-ins with the fixture's real settings.)"""
+    import json
+    from report.tabulate import config_table
+    run = _run(tmp_path)
+    table = pd.read_csv(run / "results.csv")
+    for job, method in table.drop_duplicates("job")[["job", "method"]].itertuples(index=False):
+        train = {"epochs": 2, "lr": 0.2 if method == "fast_at" else 0.05,
+                 "schedule": "cyclic" if method == "fast_at" else "cosine",
+                 "batch_size": 32 if job == "oat-digits-small_cnn-s1" else 64}
+        (run / job).mkdir()
+        (run / job / "config.json").write_text(json.dumps({"method": method, "train": train}))
+        (run / job / "eval.json").write_text(json.dumps({"n": 100, "attacks": ["pgd20", "pgd50x2"]}))
+    rows = dict(config_table(load_run(run)).rows)
+    assert rows["train.epochs"] == "2" and "config: train.epochs" not in rows, "not run.json's 15"
+    assert rows["train.lr"] == "fast_at: 0.2; float: 0.05; oat: 0.05; pgd_at: 0.05"
+    assert rows["train.schedule"].startswith("fast_at: cyclic;")
+    assert rows["train.batch_size"] == "fast_at: 64; float: 64; oat: 32 | 64; pgd_at: 64"
+    assert rows["eval.n"] == "100" and rows["eval.attacks"] == '["pgd20", "pgd50x2"]'
+    assert rows["config: methods"] == '["pgd_at", "fast_at", "float", "oat"]', "run.json's other settings stay"
+    bare = dict(config_table(load_run(_run(tmp_path, name="bare"))).rows)
+    assert bare["config: train.epochs"] == "15", "no job files: run.json's, said to be the last invocation's"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +32,11 @@ class Job:
 
     @property
     def name(self) -> str:
+        return self.name_with(self.seed)
+
+    def name_with(self, seed) -> str:
         tl = "" if self.train_lambda is None else f"-tl{self.train_lambda:g}"
-        return f"{self.method}-{self.dataset}-{self.arch.replace(':', '_')}-s{self.seed}{tl}"
+        return f"{self.method}-{self.dataset}-{self.arch.replace(':', '_')}-s{seed}{tl}"
 
 
 def expand_jobs(cfg: RunConfig, train_overrides: dict | None = None) -> list[Job]:
@@ -101,14 +105,26 @@ def _said(differences: list[str]) -> str:
     return ", ".join(differences[:3]) + (f" and {len(differences) - 3} more" if len(differences) > 3 else "")
 
 
-def _stored(path: Path) -> dict | None:
+def _stored(path: Path, fix: str = "delete it, or rerun with --force to redo that job") -> dict | None:
     if not path.exists():
         return None
-    stored = read_json(path)
+    try:
+        stored = read_json(path)
+    except StoreError as exc:
+        raise StoreError(f"{str(exc).split(';')[0]}; {fix}") from None
     if not isinstance(stored, dict):
-        raise StoreError(f"{path} is damaged (not a settings object); delete it, or rerun with --force to redo "
-                         f"that job")
+        raise StoreError(f"{path} is damaged (not a settings object); {fix}")
+    if "train" in stored and "data" not in stored:  # written before jobs held their data's fingerprint: the
+        stored["data"] = None                      # data cannot be checked, as then (see _same)
     return stored
+
+
+def _same(stored: dict, wanted: dict) -> list[str]:
+    """What differs between a stored identity and the wanted one; a stored ``data`` of None (an older
+    lambench's job) is taken as this data."""
+    if stored.get("data") is None:
+        stored = {**stored, "data": wanted.get("data")}
+    return _differences(stored, wanted)
 
 
 def _evaluated(job_dir: Path) -> dict | None:
@@ -127,10 +143,10 @@ def job_state(job: Job, cfg: RunConfig, run_dir: Path, data_fingerprint: str) ->
     stored = _stored(job_dir / "config.json")
     if stored is None:
         return "new"
-    wanted = identity(job, cfg, data_fingerprint)
-    if stored != wanted:
-        raise LambenchError(f"{job_dir} holds a job trained with other settings ({_said(_differences(stored, wanted))}"
-                            f"); rerun with --force to retrain it, or pick another --run name")
+    differ = _same(stored, identity(job, cfg, data_fingerprint))
+    if differ:
+        raise LambenchError(f"{job_dir} holds a job trained with other settings ({_said(differ)}); rerun with "
+                            f"--force to retrain it, or pick another --run name")
     if _evaluated(job_dir) == eval_settings(job, cfg):
         return "done"
     return "new"
@@ -141,15 +157,18 @@ def check_seeds_agree(jobs: list[Job], cfg: RunConfig, run_dir: Path, fingerprin
     under other settings (say a second command with other --epochs or --eval-n and another --seeds): the
     report averages a model's seeds, and would average two experiments. ``fingerprints``: dataset -> data."""
     mine = {job.name for job in jobs}
-    others = [p for p in sorted(Path(run_dir).glob("*/config.json")) if p.parent.name not in mine]
     for job in jobs:
         wanted = identity(job, cfg, fingerprints[job.dataset])
         point = {k: wanted[k] for k in ("method", "dataset", "arch", "train_lambda")}
+        # the folders of this model's other seeds, by name (other jobs' files are not this command's business)
+        seeds = re.compile(re.escape(job.name_with("SEED")).replace("SEED", r"-?\d+") + "$")
+        others = [p for p in sorted(Path(run_dir).glob("*/config.json"))
+                  if seeds.match(p.parent.name) and p.parent.name not in mine]
         for path in others:
-            stored = _stored(path)
+            stored = _stored(path, fix="delete that folder (a seed of this command's model), or pick another --run")
             if {k: stored.get(k) for k in point} != point:
                 continue
-            differ = _differences({**stored, "seed": None}, {**wanted, "seed": None})
+            differ = _same({**stored, "seed": None}, {**wanted, "seed": None})
             what, scored = "trained", _evaluated(path.parent)
             if not differ and scored is not None:
                 drop = (lambda d: {k: v for k, v in d.items() if k != "lambdas"})  # a grid does not change a row

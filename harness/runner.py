@@ -119,8 +119,8 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
             state = job_state(job, cfg, run_dir, data.fingerprint)
             if state != "done":
                 write_json(job_dir / "config.json", identity(job, cfg, data.fingerprint))
-                # rows.csv may stay (the run's table keeps it until new rows replace it), but without an
-                # eval.json it is never taken for rows of these settings, wherever this run stops
+                # without its eval.json the old rows.csv is neither taken for rows of these settings nor put
+                # in the run's table (store.assemble), wherever this run stops
                 (job_dir / "eval.json").unlink(missing_ok=True)
         except LambenchError as exc:  # every rank stops with it
             state = exc

@@ -4,8 +4,9 @@ Layout of ``<out>/<run>/``:
   <job>/config.json     what the model was trained with (its identity)
   <job>/checkpoint.pt   written atomically at the end of every epoch; ``finished`` once training is done
   <job>/epochs.csv      per-epoch loss, accuracy, images/s, wall-clock, CUDA peak memory
-  <job>/rows.csv        this job's evaluation rows (written last: its presence marks the job done)
-  <job>/eval.json       the evaluation settings rows.csv was produced with
+  <job>/rows.csv        this job's evaluation rows
+  <job>/eval.json       the evaluation settings rows.csv was produced with, written after it and removed
+                        when the job is evaluated again: only rows.csv with its eval.json are finished
   <job>/lambdas/        each lambda's rows as soon as they are scored, with the evaluation settings and
                         the weights' fingerprint: a stopped evaluation resumes at the next lambda, and a
                         later one of the same weights under the same settings (another --lambdas) scores
@@ -79,12 +80,21 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 def assemble(run_dir: Path) -> pd.DataFrame:
     """Rebuild ``results.csv`` from the finished jobs' own rows (in any order, each exactly once)."""
     run_dir = Path(run_dir)
-    frames = [_read_rows(p) for p in sorted(run_dir.glob("*/rows.csv"))]
+    frames = [_read_rows(p) for p in sorted(run_dir.glob("*/rows.csv")) if _evaluated(p.parent)]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     extra = [c for c in table.columns if c not in COLUMNS]
     table = table[[c for c in COLUMNS if c in table.columns] + extra]
     write_csv(run_dir / "results.csv", table)
     return table
+
+
+def _evaluated(job_dir: Path) -> bool:
+    """Whether the job's rows.csv is finished: its eval.json, written after it, is there and readable (a
+    job being evaluated again has none, and its old rows are not the run's until new ones replace them)."""
+    try:
+        return isinstance(read_json(job_dir / "eval.json"), dict)
+    except (StoreError, OSError):
+        return False
 
 
 def _read_rows(path: Path) -> pd.DataFrame:

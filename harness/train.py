@@ -118,6 +118,8 @@ def train(method, model, data: Dataset, cfg: TrainConfig, job_dir: Path, device:
             method.load_state_dict(state["method"])
             _restore_rng(state["rng"], device)
             history, start = state["history"], state["epoch"]
+        except torch.OutOfMemoryError:
+            raise
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {ckpt} does not fit this job ({type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0][:120]}); delete it or rerun with --force to "
@@ -158,9 +160,10 @@ def _restore_rng(rng: dict, device: torch.device) -> None:
     """The generator states saved with the checkpoint: this rank's own when it was saved by as many ranks."""
     ranks = rng.get("ranks")
     mine = ranks[distributed.rank()] if ranks and len(ranks) == distributed.world_size() else rng
-    torch.set_rng_state(mine["cpu"])
+    # generator states are CPU byte tensors, whatever device the checkpoint was loaded onto
+    torch.set_rng_state(mine["cpu"].cpu())
     if device.type == "cuda" and "cuda" in mine:
-        torch.cuda.set_rng_state(mine["cuda"], device)
+        torch.cuda.set_rng_state(mine["cuda"].cpu(), device)
     if mine is rng and distributed.rank() > 0:  # saved with another number of ranks: derive a stream
         distributed.seed_rank(int(torch.randint(2**31, (1,))))
 

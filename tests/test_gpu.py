@@ -24,12 +24,22 @@ def _no_graph_skips():
     assert counters["inductor"]["cudagraph_skips"] == 0, "torch skipped CUDA graphs (see its warning)"
 
 
-def _train_on_gpu(tmp_path, method="pgd_at", **train):
+def _train_on_gpu(tmp_path, method="pgd_at", evals=None, **train):
     from harness.config import apply, from_preset
     from harness.runner import run
     cfg = apply(from_preset("smoke"), dict(methods=(method,), out=str(tmp_path), progress=False, device="cuda",
-                                           train=train, eval=dict(aa="off", checks=False)))
+                                           train=train, eval=dict(aa="off", checks=False) | (evals or {})))
     return run(cfg, log=lambda *_: None)
+
+
+def test_a_job_trained_on_gpu_is_scored_again_from_its_checkpoint(tmp_path, digits):
+    """Re-scoring a finished GPU job (another --eval-n) loads its checkpoint onto the GPU and restores the
+    saved generator states, which torch takes only as CPU byte tensors (before the fix, the states loaded
+    onto the GPU met torch's check: "RNG state must be a torch.ByteTensor", a TypeError; never run until now)."""
+    _train_on_gpu(tmp_path, "float", evals=dict(n=64, complexity=False), epochs=1)
+    table = _train_on_gpu(tmp_path, "float", evals=dict(n=96, complexity=False), epochs=1)
+    assert set(table.loc[table.metric == "clean_acc", "n"]) == {96}
+    assert table.loc[table.metric == "epochs_trained", "value"].tolist() == [1]
 
 
 @pytest.mark.parametrize("compile", ["off", "reduce-overhead", "cudagraphs"])

@@ -2,6 +2,7 @@
 job's data is part of its identity, a stopped re-evaluation is never taken for a finished one, damaged store
 files are one-line errors (or rescored), and training cost names the device it was measured on."""
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -77,11 +78,17 @@ def test_a_stopped_reevaluation_never_marks_old_rows_as_new(tmp_path, capsys, mo
     assert _main(capsys, *QUICK, *out, "--eval-n", "24")[0] == 130
     assert (job / "rows.csv").exists() and not (job / "eval.json").exists()
     monkeypatch.setattr(evaluate, "_score_lambda", real)
-    code, io = _main(capsys, *QUICK, *out, "--eval-n", "24")
-    assert code == 0 and "done already" not in io.out
+    # another seed at yet other settings: seed 0's old rows are not the run's, so nothing is averaged
+    assert _main(capsys, *QUICK, *out, "--seeds", "1", "--eval-n", "32")[0] == 0
+    table = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    assert set(table["seed"]) == {1} and set(table.loc[table.metric == "clean_acc", "n"]) == {32}
+    code, io = _main(capsys, *QUICK, *out, "--seeds", "0,1", "--eval-n", "32")
+    assert code == 0 and "done already" in io.out and io.out.count("done already") == 1  # seed 1's
     rows = pd.read_csv(job / "rows.csv")
-    assert set(rows.loc[rows.metric == "clean_acc", "n"]) == {24}
-    assert json.loads((job / "eval.json").read_text())["n"] == 24
+    assert set(rows.loc[rows.metric == "clean_acc", "n"]) == {32}
+    assert json.loads((job / "eval.json").read_text())["n"] == 32
+    table = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    assert set(table["seed"]) == {0, 1} and set(table.loc[table.metric == "clean_acc", "n"]) == {32}
 
 
 def test_damaged_store_files_are_one_line_errors_or_scored_again(tmp_path, capsys):
@@ -102,10 +109,32 @@ def test_damaged_store_files_are_one_line_errors_or_scored_again(tmp_path, capsy
     code, io = _main(capsys, *QUICK, *out)
     assert code == 2 and io.err.count("\n") == 1 and "does not fit this job" in io.err and "--force" in io.err
     assert _main(capsys, *QUICK, *out, "--force")[0] == 0
+    for other, blocks in (("fast_at-digits-small_cnn-s0", False), ("pgd_at-digits-small_cnn-s1-tl1", True)):
+        (tmp_path / "smoke" / other).mkdir()
+        (tmp_path / "smoke" / other / "config.json").write_text("{")
+        code, io = _main(capsys, *QUICK, *out)
+        assert code == (2 if blocks else 0), "only a seed of this command's model is this command's business"
+        if blocks:
+            assert io.err.count("\n") == 1 and "delete that folder" in io.err
+        shutil.rmtree(tmp_path / "smoke" / other)
     (tmp_path / "smoke" / "other-job").mkdir()
     (tmp_path / "smoke" / "other-job" / "rows.csv").write_text("")
+    (tmp_path / "smoke" / "other-job" / "eval.json").write_text("{}")
     code, io = _main(capsys, *QUICK, *out)
     assert code == 2 and io.err.count("\n") == 1 and "rows.csv is damaged" in io.err
+
+
+def test_jobs_from_before_data_fingerprints_still_resume(tmp_path, capsys):
+    """A config.json written before jobs held their data's fingerprint is taken as this data (as it was
+    then), not refused: a long run started with an older lambench resumes and takes more seeds."""
+    out = ["--out", str(tmp_path)]
+    config = tmp_path / "smoke" / JOB / "config.json"
+    assert _main(capsys, *QUICK, *out)[0] == 0
+    old = json.loads(config.read_text())
+    del old["data"]
+    config.write_text(json.dumps(old))
+    code, io = _main(capsys, *QUICK, *out, "--seeds", "0,1")
+    assert code == 0 and io.out.count("done already") == 1
 
 
 def test_training_cost_names_the_device_it_was_measured_on(tmp_path, capsys):

@@ -18,7 +18,7 @@
 #                                                    # eager and --compile cudagraphs (traced in seconds)
 #     bash results/measured/gpu_session.sh compiled float 128   # --compile reduce-overhead (compiles: minutes;
 #                                                    # "compiled float 128 cudagraphs": another mode)
-#     bash results/measured/gpu_session.sh tests      # tests/test_gpu.py (three of its tests never ran on a GPU)
+#     bash results/measured/gpu_session.sh tests      # tests/test_gpu.py (four of its tests never ran on a GPU)
 #
 # A CPU dry run of aa's flags with a small model (AA_EXTRA's flags override the ones before them):
 #   AA_EXTRA="--arch small_cnn --subset 256 --epochs 1 --batch-size 64 --eval-n 20 --device cpu" OUT=/tmp/aa \
@@ -57,9 +57,9 @@ case "$part" in
   tests)
     # tests/test_gpu.py: bf16 and CUDA graphs in training; new, never run on a GPU: CUDA peak memory, FLOAT's
     # noise drawn afresh under replayed CUDA graphs, OAT and FLOAT trained with --compile cudagraphs scoring
-    # what eager training scores
+    # what eager training scores, a GPU job scored again from its checkpoint
     # the new ones first, so that a call cut short still brings their results back
-    new="replayed or cuda_graphs or peak_memory"
+    new="replayed or cuda_graphs or peak_memory or scored_again"
     run "$py" -m pytest -p no:xdist -q -p no:cacheprovider --durations=0 tests/test_gpu.py -k "$new"
     run "$py" -m pytest -p no:xdist -q -p no:cacheprovider --durations=0 tests/test_gpu.py -k "not ($new)"
     ;;

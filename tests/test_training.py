@@ -284,6 +284,22 @@ def test_no_training_step_waits_for_the_device():
         assert not syncs, f"{name}: {syncs}"
 
 
+def _stop_scoring_after(monkeypatch, n: int):
+    """Evaluation stops (KeyboardInterrupt, as a preemption) when it would score its (n+1)-th lambda;
+    returns the list of lambdas scored so far and the real scoring function."""
+    from harness import evaluate
+    real, scored = evaluate._score_lambda, []
+
+    def stop(method, model, forward, lam, *rest):
+        if len(scored) == n:
+            raise KeyboardInterrupt
+        scored.append(lam)
+        return real(method, model, forward, lam, *rest)
+
+    monkeypatch.setattr(evaluate, "_score_lambda", stop)
+    return scored, real
+
+
 def test_a_stopped_evaluation_resumes_at_the_lambda_it_was_scoring(tmp_path, monkeypatch):
     """Evaluation stopped after three of FLOAT's eleven lambdas (say the job was preempted): the rerun scores
     only the other eight, and every lambda's figures equal those of an evaluation never stopped. A later
@@ -292,15 +308,7 @@ def test_a_stopped_evaluation_resumes_at_the_lambda_it_was_scoring(tmp_path, mon
     from harness import evaluate
     args = ["--methods", "float", "--epochs", "1", "--subset", "128", "--eval-n", "40", "--aa", "off",
             "--checks", "off", "--complexity", "off", "--no-report", "--no-progress"]
-    real, scored = evaluate._score_lambda, []
-
-    def stop_after_three(method, model, forward, lam, *rest):
-        if len(scored) == 3:
-            raise KeyboardInterrupt
-        scored.append(lam)
-        return real(method, model, forward, lam, *rest)
-
-    monkeypatch.setattr(evaluate, "_score_lambda", stop_after_three)
+    scored, real = _stop_scoring_after(monkeypatch, 3)
     assert run_all.main(args + ["--out", str(tmp_path / "a")]) == 130  # interrupted
     job = tmp_path / "a" / "smoke" / "float-digits-small_cnn-s0"
     assert len(list((job / "lambdas").glob("*.json"))) == 3 and not (job / "rows.csv").exists()
@@ -339,15 +347,7 @@ def test_lambda_rows_are_reused_only_for_the_very_same_weights(tmp_path, monkeyp
     args = ["--methods", "float", "--epochs", "1", "--subset", "128", "--eval-n", "20", "--lambdas", "0,0.5,1",
             "--aa", "off", "--checks", "off", "--complexity", "off", "--no-report", "--no-progress",
             "--out", str(tmp_path)]
-    real, scored = evaluate._score_lambda, []
-
-    def stop_after_two(method, model, forward, lam, *rest):
-        if len(scored) == 2:
-            raise KeyboardInterrupt
-        scored.append(lam)
-        return real(method, model, forward, lam, *rest)
-
-    monkeypatch.setattr(evaluate, "_score_lambda", stop_after_two)
+    scored, real = _stop_scoring_after(monkeypatch, 2)
     assert run_all.main(args) == 130
     job = tmp_path / "smoke" / "float-digits-small_cnn-s0"
     (job / "checkpoint.pt").unlink()

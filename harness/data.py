@@ -7,7 +7,6 @@ Data is read from ``--data-root`` or ``$LAMBENCH_DATA``; nothing is downloaded u
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DataError
+from .store import digest
 
 ENV_ROOT = "LAMBENCH_DATA"
 
@@ -211,12 +211,9 @@ def load_dataset(name: str, root: str | None = None, subset: int | None = None) 
     def nchw(a):
         return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
 
-    digest = hashlib.blake2b(digest_size=16)
-    for a in (x_tr, y_tr, x_te, y_te):
-        a = np.ascontiguousarray(a)
-        digest.update(f"{a.dtype}{a.shape};".encode())
-        digest.update(a.data)
-    return Dataset(info, nchw(x_tr), torch.from_numpy(y_tr), nchw(x_te), torch.from_numpy(y_te), digest.hexdigest())
+    arrays = [np.ascontiguousarray(a) for a in (x_tr, y_tr, x_te, y_te)]
+    return Dataset(info, nchw(x_tr), torch.from_numpy(y_tr), nchw(x_te), torch.from_numpy(y_te),
+                   digest((f"{a.dtype}{a.shape}", a.data) for a in arrays))
 
 
 # --- on-device batching and augmentation ---------------------------------------------------------------------

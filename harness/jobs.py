@@ -18,7 +18,7 @@ from methods import get_method
 from .config import RunConfig, TrainConfig, apply, check_lambda
 from .data import dataset_eps
 from .errors import LambenchError, StoreError
-from .store import read_json
+from .store import finished_settings, read_json
 
 
 @dataclass(frozen=True)
@@ -114,26 +114,15 @@ def _stored(path: Path, fix: str = "delete it, or rerun with --force to redo tha
         raise StoreError(f"{str(exc).split(';')[0]}; {fix}") from None
     if not isinstance(stored, dict):
         raise StoreError(f"{path} is damaged (not a settings object); {fix}")
-    if "train" in stored and "data" not in stored:  # written before jobs held their data's fingerprint: the
-        stored["data"] = None                      # data cannot be checked, as then (see _same)
     return stored
 
 
 def _same(stored: dict, wanted: dict) -> list[str]:
-    """What differs between a stored identity and the wanted one; a stored ``data`` of None (an older
-    lambench's job) is taken as this data."""
+    """What differs between a stored identity and the wanted one; one without ``data`` (an older lambench's
+    job, written before jobs held their data's fingerprint) is taken as of this data, as it was then."""
     if stored.get("data") is None:
         stored = {**stored, "data": wanted.get("data")}
     return _differences(stored, wanted)
-
-
-def _evaluated(job_dir: Path) -> dict | None:
-    """The settings of the job's rows.csv; None where there are none, or only a damaged eval.json (then the
-    job is scored again: each lambda's rows are kept apart, so that costs little)."""
-    try:
-        return _stored(job_dir / "eval.json") if (job_dir / "rows.csv").exists() else None
-    except StoreError:
-        return None
 
 
 def job_state(job: Job, cfg: RunConfig, run_dir: Path, data_fingerprint: str) -> str:
@@ -147,7 +136,7 @@ def job_state(job: Job, cfg: RunConfig, run_dir: Path, data_fingerprint: str) ->
     if differ:
         raise LambenchError(f"{job_dir} holds a job trained with other settings ({_said(differ)}); rerun with "
                             f"--force to retrain it, or pick another --run name")
-    if _evaluated(job_dir) == eval_settings(job, cfg):
+    if finished_settings(job_dir) == eval_settings(job, cfg):
         return "done"
     return "new"
 
@@ -157,19 +146,18 @@ def check_seeds_agree(jobs: list[Job], cfg: RunConfig, run_dir: Path, fingerprin
     under other settings (say a second command with other --epochs or --eval-n and another --seeds): the
     report averages a model's seeds, and would average two experiments. ``fingerprints``: dataset -> data."""
     mine = {job.name for job in jobs}
+    folders = [p for p in sorted(Path(run_dir).glob("*/config.json")) if p.parent.name not in mine]
     for job in jobs:
         wanted = identity(job, cfg, fingerprints[job.dataset])
         point = {k: wanted[k] for k in ("method", "dataset", "arch", "train_lambda")}
         # the folders of this model's other seeds, by name (other jobs' files are not this command's business)
         seeds = re.compile(re.escape(job.name_with("SEED")).replace("SEED", r"-?\d+") + "$")
-        others = [p for p in sorted(Path(run_dir).glob("*/config.json"))
-                  if seeds.match(p.parent.name) and p.parent.name not in mine]
-        for path in others:
+        for path in (p for p in folders if seeds.match(p.parent.name)):
             stored = _stored(path, fix="delete that folder (a seed of this command's model), or pick another --run")
             if {k: stored.get(k) for k in point} != point:
                 continue
             differ = _same({**stored, "seed": None}, {**wanted, "seed": None})
-            what, scored = "trained", _evaluated(path.parent)
+            what, scored = "trained", finished_settings(path.parent)
             if not differ and scored is not None:
                 drop = (lambda d: {k: v for k, v in d.items() if k != "lambdas"})  # a grid does not change a row
                 differ, what = _differences(drop(scored), drop(eval_settings(job, cfg))), "evaluated"

@@ -57,15 +57,21 @@ def save_checkpoint(path: Path, state: dict) -> None:
     write_atomic(path, lambda f: torch.save(state, f))
 
 
+def digest(parts) -> str:
+    """A short hex digest of ``(label, bytes-like)`` pairs: equal only for the very same content."""
+    h = hashlib.blake2b(digest_size=16)
+    for label, data in parts:
+        h.update(f"{label};".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
 def fingerprint(model: torch.nn.Module) -> str:
     """A digest of every tensor of ``model``'s state (weights, BN statistics, masks, alphas): equal only for
     the very same trained model, whatever its memory layout or device."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    tensors = ((name, t.detach().to("cpu").contiguous()) for name, t in sorted(model.state_dict().items()))
+    return digest((f"{name}:{t.dtype}:{tuple(t.shape)}", t.reshape(-1).view(torch.uint8).numpy())
+                  for name, t in tensors)
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
@@ -80,7 +86,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 def assemble(run_dir: Path) -> pd.DataFrame:
     """Rebuild ``results.csv`` from the finished jobs' own rows (in any order, each exactly once)."""
     run_dir = Path(run_dir)
-    frames = [_read_rows(p) for p in sorted(run_dir.glob("*/rows.csv")) if _evaluated(p.parent)]
+    frames = [_read_rows(p) for p in sorted(run_dir.glob("*/rows.csv"))
+              if finished_settings(p.parent) is not None]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     extra = [c for c in table.columns if c not in COLUMNS]
     table = table[[c for c in COLUMNS if c in table.columns] + extra]
@@ -88,13 +95,17 @@ def assemble(run_dir: Path) -> pd.DataFrame:
     return table
 
 
-def _evaluated(job_dir: Path) -> bool:
-    """Whether the job's rows.csv is finished: its eval.json, written after it, is there and readable (a
-    job being evaluated again has none, and its old rows are not the run's until new ones replace them)."""
+def finished_settings(job_dir: Path) -> dict | None:
+    """The evaluation settings of the job's finished rows.csv: its eval.json, written after it. None where
+    there is no rows.csv, no eval.json (a job being evaluated again: its old rows are not the run's until new
+    ones replace them) or a damaged one (the job is scored again; each lambda's rows are kept apart)."""
+    if not (job_dir / "rows.csv").exists():
+        return None
     try:
-        return isinstance(read_json(job_dir / "eval.json"), dict)
+        settings = read_json(job_dir / "eval.json")
     except (StoreError, OSError):
-        return False
+        return None
+    return settings if isinstance(settings, dict) else None
 
 
 def _read_rows(path: Path) -> pd.DataFrame:
@@ -112,8 +123,8 @@ class LambdaRows:
     lambda grid (``--lambdas``) scores only the lambdas it has no rows for. The settings name the device and
     torch version too, so rows measured elsewhere are never passed off as this machine's, and the trained
     weights' ``fingerprint``, so rows of a model trained again (its checkpoint deleted) are reused only
-    where the new training gave the very same weights. ``reused_s`` adds
-    up the scoring time of the lambdas given back, so a job's evaluation time counts every lambda once."""
+    where the new training gave the very same weights. ``reused_s`` adds up the scoring time of the lambdas
+    given back, so a job's evaluation time counts every lambda once."""
 
     def __init__(self, folder: Path, settings: dict):
         self.folder, self.settings = Path(folder), json.loads(json.dumps(settings))

@@ -21,7 +21,7 @@ class Run:
     dir: Path
     table: pd.DataFrame
     info: dict = field(default_factory=dict)
-    #: job -> the settings its rows came from: its ``config.json`` (training) and ``eval.json`` (evaluation)
+    #: job -> the settings its rows came from: "train" (its ``config.json``'s) and "eval" (its ``eval.json``)
     jobs: dict = field(default_factory=dict)
 
     @property
@@ -80,9 +80,12 @@ def _jobs(run_dir: Path, names: list[str]) -> dict:
         settings = {}
         for part, file in (("train", "config.json"), ("eval", "eval.json")):
             try:
-                settings[part] = json.loads((run_dir / name / file).read_text())
+                loaded = json.loads((run_dir / name / file).read_text())
             except (ValueError, OSError):
                 continue
+            loaded = loaded.get("train") if part == "train" and isinstance(loaded, dict) else loaded
+            if isinstance(loaded, dict):
+                settings[part] = loaded
         if settings:
             out[name] = settings
     return out

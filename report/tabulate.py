@@ -161,7 +161,7 @@ def config_table(run) -> Table:
         values = sorted(set(t[col]) - {""})
         if values:
             rows.append([f"results rows: {col}", ", ".join(values)])
-    jobs = getattr(run, "jobs", {})
+    jobs = run.jobs
     rows += _job_settings(jobs, t)
     # run.json's training and evaluation settings are the last command's before each method's own defaults:
     # where the jobs' own files are there, those stand instead
@@ -181,9 +181,7 @@ def _job_settings(jobs: dict, table: pd.DataFrame) -> list:
     values: dict[str, dict[str, set]] = {}
     for job, parts in jobs.items():
         for part, settings in parts.items():
-            flat = dict(_flatten(settings.get("train", {}), "train.") if part == "train" else
-                        _flatten(settings, "eval."))
-            for key, value in flat.items():
+            for key, value in _flatten(settings, f"{part}."):
                 values.setdefault(key, {}).setdefault(method_of.get(job, job), set()).add(value)
     rows = []
     for key in sorted(values):

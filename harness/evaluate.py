@@ -133,8 +133,12 @@ def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: 
             stored = complexity.union(stored, used)
         rows += part
     if measure:
-        rows += [result_row(NAN, "params", complexity.params(model), NAN),
-                 result_row(NAN, "stored_params", complexity.count(stored), NAN)]
+        # what a deployment stores serves the method's whole lambda range, not only the lambdas scored here
+        for lam in sorted(set(method.lambda_grid()) - set(grid)):
+            with method.configure(model, lam) as forward:
+                stored = complexity.union(stored, complexity.used_masks(forward, model, x_img[:1]))
+        rows += [result_row(NAN, "params", complexity.params(model), NAN, precision="fp32"),
+                 result_row(NAN, "stored_params", complexity.count(stored), NAN, precision="fp32")]
     if cfg.checks:
         rows += checks.flag_rows(rows)
     return rows
@@ -181,7 +185,8 @@ def _cost_rows(forward, model, lam, x_img, used) -> list[dict]:
     timings measured on ``x_img``."""
     macs = complexity.macs(forward, model, x_img[:1])
     cost = complexity.inference_cost(forward, x_img, model=model)
-    return [result_row(lam, "nonzero_params", complexity.count(used), NAN), result_row(lam, "macs", macs, 1),
+    return [result_row(lam, "nonzero_params", complexity.count(used), NAN, precision="fp32"),
+            result_row(lam, "macs", macs, 1, precision="fp32"),
             result_row(lam, "infer_latency_ms", cost["infer_latency_ms"], 1, precision="fp32"),
             result_row(lam, "infer_throughput", cost["infer_throughput"], 256, precision="fp32"),
             result_row(lam, "infer_peak_mem_mb", cost["infer_peak_mem_mb"], 256, precision="fp32")]

@@ -141,28 +141,64 @@ def job_state(job: Job, cfg: RunConfig, run_dir: Path, data_fingerprint: str) ->
     return "new"
 
 
-def check_seeds_agree(jobs: list[Job], cfg: RunConfig, run_dir: Path, fingerprints: dict[str, str]) -> None:
-    """Refuse a run whose jobs would sit in ``run_dir`` beside seeds of the same model trained or scored
-    under other settings (say a second command with other --epochs or --eval-n and another --seeds): the
-    report averages a model's seeds, and would average two experiments. ``fingerprints``: dataset -> data."""
+def _no_grid(settings: dict) -> dict:
+    """Evaluation settings but the lambda grid (a grid does not change a lambda's rows)."""
+    return {k: v for k, v in settings.items() if k != "lambdas"}
+
+
+def check_run_agrees(jobs: list[Job], cfg: RunConfig, run_dir: Path, fingerprints: dict[str, str]) -> None:
+    """Refuse a run whose jobs would sit in ``run_dir`` beside jobs the report would wrongly put with them:
+    seeds of the same model trained or scored under other settings (a second command with other --epochs
+    or --eval-n and another --seeds; the report averages a model's seeds, and would average two experiments),
+    or other models of the same setting (dataset, architecture, eps) scored under another evaluation
+    protocol (the report compares them in one figure). ``fingerprints``: dataset -> data."""
     mine = {job.name for job in jobs}
     folders = [p for p in sorted(Path(run_dir).glob("*/config.json")) if p.parent.name not in mine]
+    others: dict[Path, tuple] = {}  # other models' folders, each read once
     for job in jobs:
         wanted = identity(job, cfg, fingerprints[job.dataset])
         point = {k: wanted[k] for k in ("method", "dataset", "arch", "train_lambda")}
-        # the folders of this model's other seeds, by name (other jobs' files are not this command's business)
+        # the folders of this model's other seeds, by name
         seeds = re.compile(re.escape(job.name_with("SEED")).replace("SEED", r"-?\d+") + "$")
-        for path in (p for p in folders if seeds.match(p.parent.name)):
+        for path in folders:
+            if not seeds.match(path.parent.name):
+                if path not in others:
+                    others[path] = _finished(path)
+                _check_protocol(job, cfg, wanted, path, *others[path])
+                continue
             stored = _stored(path, fix="delete that folder (a seed of this command's model), or pick another --run")
             if {k: stored.get(k) for k in point} != point:
                 continue
             differ = _same({**stored, "seed": None}, {**wanted, "seed": None})
             what, scored = "trained", finished_settings(path.parent)
             if not differ and scored is not None:
-                drop = (lambda d: {k: v for k, v in d.items() if k != "lambdas"})  # a grid does not change a row
-                differ, what = _differences(drop(scored), drop(eval_settings(job, cfg))), "evaluated"
+                differ, what = _differences(_no_grid(scored), _no_grid(eval_settings(job, cfg))), "evaluated"
             if differ:
                 raise LambenchError(f"{path.parent} is seed {stored.get('seed')} of {job.name}'s model, {what} with "
                                     f"other settings ({_said(differ)}); the report would average them as seeds: "
                                     f"pick another --run, include seed {stored.get('seed')} in --seeds "
                                     f"(with --force if it was trained differently), or delete that folder")
+
+
+def _finished(path: Path) -> tuple[dict | None, dict | None]:
+    """(identity, evaluation settings) of another model's finished job, its ``config.json`` at ``path``; read
+    leniently: files that cannot be read are that job's own business (its rerun says so), here None."""
+    try:
+        stored, scored = _stored(path), finished_settings(path.parent)
+    except StoreError:
+        return None, None
+    return (stored, scored) if isinstance(stored, dict) and scored is not None else (None, None)
+
+
+def _check_protocol(job: Job, cfg: RunConfig, wanted: dict, path: Path, stored, scored) -> None:
+    """Refuse ``job`` beside the finished job in ``path.parent`` (``stored``, ``scored``: its ``_finished``)
+    if the report would compare the two (same dataset, architecture and eps) though they were scored under
+    other evaluation settings."""
+    if stored is None or any(stored.get(k) != wanted[k] for k in ("dataset", "arch", "eps")):
+        return
+    differ = _differences(_no_grid(scored), _no_grid(eval_settings(job, cfg)))
+    if differ:
+        raise LambenchError(f"{path.parent} ({stored.get('method')}) was evaluated with other settings "
+                            f"({_said(differ)}) than {job.name} would be, and the report compares them in one "
+                            f"figure: pick another --run, or add {stored.get('method')} to --methods (and its "
+                            f"flags) to score it again under these settings (it is not retrained)")

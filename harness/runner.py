@@ -26,7 +26,7 @@ from .device import device_name, resolve_device
 from .errors import LambenchError
 from .evaluate import evaluate
 from .executor import ExecutorConfig, check as check_executor, submit_and_wait
-from .jobs import Job, check_seeds_agree, eval_settings, expand_jobs, identity, job_state, jsonable
+from .jobs import Job, check_run_agrees, eval_settings, expand_jobs, identity, job_state, jsonable
 from .store import LambdaRows, assemble, fingerprint, result_row, write_csv, write_json, write_text
 from .train import precision_of, train
 
@@ -57,7 +57,7 @@ def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command:
     # each dataset loaded once, kept on the device as uint8
     datasets = {name: load_dataset(name, cfg.data_root, cfg.subset).to(device)
                 for name in dict.fromkeys(job.dataset for job in jobs)}
-    check_seeds_agree(jobs, cfg, run_dir, {name: d.fingerprint for name, d in datasets.items()})
+    check_run_agrees(jobs, cfg, run_dir, {name: d.fingerprint for name, d in datasets.items()})
     for i, job in enumerate(jobs, 1):
         log(f"[{i}/{len(jobs)}] {job.name}")
         run_job(job, cfg, datasets[job.dataset], run_dir, device, log)
@@ -81,7 +81,7 @@ def _submit(cfg: RunConfig, jobs: list[Job], run_dir: Path, ex: ExecutorConfig, 
     # the data's fingerprints, read here (on the CPU) as the tasks will read them
     data = {name: load_dataset(name, cfg.data_root, cfg.subset).fingerprint
             for name in dict.fromkeys(job.dataset for job in jobs)}
-    check_seeds_agree(jobs, cfg, run_dir, data)
+    check_run_agrees(jobs, cfg, run_dir, data)
     todo = [job for job in jobs if job_state(job, cfg, run_dir, data[job.dataset]) != "done"]
     log(f"{len(jobs) - len(todo)} finished already, {len(todo)} to run")
     failures = submit_and_wait(cfg, todo, run_dir, ex, log)
@@ -152,7 +152,8 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     # labelled with the device and precision training ran on (epochs resumed elsewhere: each of them)
     trained_on = {key: " + ".join(dict.fromkeys(str(h.get(key, "unrecorded")) for h in history))
                   for key in ("device", "precision")}
-    cost = [result_row(float("nan"), m, v, trained, **(trained_on if m != "eval_time_s" else {})) for m, v in (
+    cost = [result_row(float("nan"), m, v, trained, **(trained_on if m != "eval_time_s" else {"precision": "fp32"}))
+            for m, v in (
         ("train_time_s", seconds), ("train_epoch_time_s", seconds / len(history) if history else float("nan")),
         ("train_images_per_s", images / seconds if seconds else float("nan")),
         ("train_peak_mem_mb", max(h["peak_mem_mb"] for h in history)), ("epochs_trained", len(history)),
@@ -161,7 +162,9 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     rows += [r | ({"method": f"{job.method}-{v}"} if v else {}) for v in method.variants() for r in cost]
     meta = {"run": run_dir.name, "job": job.name, "method": job.method, "dataset": job.dataset, "arch": job.arch,
             "seed": job.seed, "train_lambda": job.train_lambda, "eps": eps, "device": device_name(device),
-            "torch": torch.__version__, "precision": precision_of(job.train, device)}
+            "torch": torch.__version__,  # accuracy rows: the precision the model was trained in (evaluation: fp32)
+            "precision": " + ".join(dict.fromkeys(h["precision"] for h in history if "precision" in h))
+            or precision_of(job.train, device)}
     if not main:
         return
     warnings = checks.warning_lines(rows)

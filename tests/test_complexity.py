@@ -144,3 +144,25 @@ def test_resident_bytes_count_parameters_and_buffers_once():
     model[1].register_buffer("view", model[0].weight.detach()[1])  # a view into the convolution's weight
     expect = 4 * (4 * 9 + 4 + 4 + 4 + 4 + 4) + 8  # fp32 weight, bias, BN weight, bias, running stats; int64 count
     assert complexity.resident_bytes(model) == expect
+
+
+@pytest.mark.parametrize("name", ["float", "smart"])
+def test_stored_params_cover_the_whole_lambda_range_whatever_lambdas_are_scored(digits, name):
+    """stored_params is what a deployment stores for the method's whole λ range: scoring only λ = 1
+    (--lambdas 1) must not leave out FLOAT's bn_clean or SMART's clean path."""
+    from harness.config import EvalConfig
+    from harness.evaluate import evaluate
+    torch.manual_seed(0)
+    method = get_method(name)(TrainConfig(), 0.1)
+    model = _dense(method.build_model("small_cnn", digits.info))
+    fast = dict(attacks=(), n=8, batch_size=8, aa="off", checks=False, complexity=True)
+
+    def stored(lambdas):
+        rows = evaluate(method, model, digits, EvalConfig(lambdas=lambdas, **fast), eps=0.1, progress=False)
+        return next(r["value"] for r in rows if r["metric"] == "stored_params")
+
+    whole, one = stored(None), stored((1.0,))
+    assert one == whole
+    with method.configure(model, 1.0) as forward:
+        at_one = complexity.count(complexity.used_masks(forward, model, digits.x_test[:1].float() / 255))
+    assert whole > at_one, "λ = 1 alone uses fewer entries than the whole range"

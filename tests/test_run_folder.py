@@ -36,9 +36,31 @@ def test_seeds_of_one_model_trained_or_scored_otherwise_are_refused(tmp_path, ca
     assert _main(capsys, *QUICK, *out, "--seeds", "0,1", "--eval-n", "24")[0] == 0, "both seeds, same settings"
     table = pd.read_csv(tmp_path / "smoke" / "results.csv")
     assert set(table.loc[table.metric == "clean_acc", "n"]) == {24}
-    other_lambdas = ["--methods", "float", "--lambdas", "0,1"]
+    other_lambdas = ["--methods", "float", "--lambdas", "0,1", "--eval-n", "24"]
     assert _main(capsys, *QUICK, *other_lambdas, *out, "--seeds", "0")[0] == 0
-    assert _main(capsys, *QUICK, *out, "--methods", "float", "--seeds", "1")[0] == 0, "another grid is fine"
+    assert _main(capsys, *QUICK, *out, "--methods", "float", "--seeds", "1", "--eval-n", "24")[0] == 0, \
+        "another grid is fine"
+
+
+def test_models_compared_in_one_figure_share_the_evaluation(tmp_path, capsys):
+    """The report puts the methods of one dataset, architecture and eps in one figure: a method scored with
+    --eval-n 24 beside one scored with 16 would be compared on other examples. It is refused before any
+    work, naming the fix; scoring the first again under the new settings does not retrain it; another eps
+    is another figure, so its protocol may differ."""
+    out = ["--out", str(tmp_path)]
+    assert _main(capsys, *QUICK, *out)[0] == 0
+    before = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    code, io = _main(capsys, *QUICK, *out, "--methods", "fast_at", "--eval-n", "24")
+    assert code == 2 and "n: 16 -> 24" in io.err and "add pgd_at to --methods" in io.err
+    assert io.err.count("\n") == 1
+    assert not (tmp_path / "smoke" / "fast_at-digits-small_cnn-s0").exists(), "refused before any work"
+    assert _main(capsys, *QUICK, *out, "--methods", "fast_at", "--eval-n", "24", "--eps", "0.2")[0] == 0
+    assert _main(capsys, *QUICK, *out, "--eval-n", "24")[0] == 0, "pgd_at scored again: the fix named"
+    after = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    pgd = (after.method == "pgd_at") & (after.metric == "clean_acc")
+    assert set(after.loc[pgd, "n"]) == {24}, "scored again under the new settings"
+    time = lambda t: t.loc[(t.method == "pgd_at") & (t.metric == "train_time_s"), "value"].tolist()
+    assert time(after) == time(before), "not retrained"
 
 
 def _npz_folder(path, flip_test):
@@ -150,12 +172,17 @@ def test_training_cost_names_the_device_it_was_measured_on(tmp_path, capsys):
     for record in state["history"]:
         record.update(device="NVIDIA H100 80GB HBM3", precision="bf16")
     save_checkpoint(job / "checkpoint.pt", state)
-    assert _main(capsys, *QUICK, *out, "--eval-n", "24")[0] == 0
+    assert _main(capsys, *QUICK, *out, "--eval-n", "24", "--complexity", "on")[0] == 0
     table = pd.read_csv(tmp_path / "smoke" / "results.csv")
     cost = table.metric.isin(["train_time_s", "train_images_per_s", "train_peak_mem_mb", "epochs_trained"])
     assert set(table.loc[cost, "device"]) == {"NVIDIA H100 80GB HBM3"} and set(table.loc[cost, "precision"]) == {"bf16"}
     assert set(table.loc[table.metric == "clean_acc", "device"]) == {"cpu"}
     assert set(table.loc[table.metric == "eval_time_s", "device"]) == {"cpu"}
+    # accuracy: the model's precision (it was trained in bf16), not what "auto" means on this device; what
+    # evaluation measures itself (counts, timings) is fp32, the precision it runs in
+    assert set(table.loc[table.metric.isin(["clean_acc", "pgd_acc"]), "precision"]) == {"bf16"}
+    measured = ["macs", "nonzero_params", "params", "stored_params", "infer_latency_ms", "eval_time_s"]
+    assert set(table.loc[table.metric.isin(measured), "precision"]) == {"fp32"}
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -70,7 +70,49 @@ def _normalise(table: pd.DataFrame) -> pd.DataFrame:
     own = table[~table["metric"].isin(("check_acc",)) & table["eps"].notna()]
     job_eps = own.groupby("job")["eps"].agg(lambda s: s.mode().iloc[0])
     table["job_eps"] = table["job"].map(job_eps).fillna(-1.0)
+    return _by_machine(table)
+
+
+#: a model's seeds are averaged only where they ran alike: trained on one device in one precision, scored on
+#: one device with one torch
+MACHINE = ("trained on", "precision", "scored on", "torch")
+
+
+def _by_machine(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with a model whose jobs (seeds) ran on different machines split into one model per machine:
+    its method becomes ``"<method> @ <what differs>"`` (e.g. ``pgd_at @ cpu``), so no figure or table averages
+    numbers from two machines. Where every job of a model ran alike, nothing changes."""
+    def joined(rows: pd.DataFrame, col: str) -> pd.Series:
+        return rows.groupby("job")[col].agg(lambda s: " + ".join(sorted(set(s) - {""})))
+
+    train = table[table["metric"] == "train_time_s"]
+    scored = table[table["metric"] == "clean_acc"]
+    jobs = pd.DataFrame({"trained on": joined(train, "device"), "precision": joined(train, "precision"),
+                         "scored on": joined(scored, "device"), "torch": joined(scored, "torch")})
+    jobs = jobs.reindex(sorted(set(table["job"]))).fillna("")
+    model = table.drop_duplicates("job").set_index("job")[["dataset", "arch", "job_eps", "method", "train_lambda"]]
+    jobs = jobs.join(model.fillna({"train_lambda": -1.0}))
+    label = {}
+    for _, group in jobs.groupby(["dataset", "arch", "job_eps", "method", "train_lambda"]):
+        differ = [c for c in MACHINE if group[c].nunique() > 1]
+        if not differ:
+            continue
+        for job, r in group.iterrows():
+            where = [_devices(r["trained on"], r["scored on"])] if {"trained on", "scored on"} & set(differ) else []
+            where += [r["precision"] or "?"] if "precision" in differ else []
+            where += [f"torch {r['torch'] or '?'}"] if "torch" in differ else []
+            label[job] = ", ".join(where)
+    if label:
+        table = table.copy()
+        at = table["job"].map(label)
+        table.loc[at.notna(), "method"] = table["method"] + " @ " + at
     return table
+
+
+def _devices(trained: str, scored: str) -> str:
+    if not trained or not scored or trained == scored:
+        return trained or scored or "?"
+    return f"trained on {trained}, scored on {scored}"
 
 
 def _jobs(run_dir: Path, names: list[str]) -> dict:

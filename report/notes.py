@@ -31,6 +31,16 @@ def missing(table: pd.DataFrame, pts: pd.DataFrame, info: dict) -> dict[str, lis
     notes: dict[str, list[str]] = {k: [] for k in ("tradeoff", "complexity", "dial", "tables", "checks", "config")}
     methods = sorted(set(table["method"]))
     kinds = pts.drop_duplicates("method").set_index("method")["kind"] if len(pts) else pd.Series(dtype=str)
+    machines: dict[str, list[str]] = {}
+    for m in methods:
+        head, at, machine = m.partition(" @ ")
+        if at:
+            machines.setdefault(style.display(head), []).append(machine)
+    for name, where in machines.items():
+        notes["tradeoff"].append(f"{name}'s seeds ran on different machines ({'; '.join(where)}): each machine's "
+                                 f"seeds are shown as a model of their own, so no figure or table averages "
+                                 f"numbers from two machines (results.csv keeps each row's device, torch and "
+                                 f"precision).")
     if not has(pts, "pgd"):
         notes["tradeoff"].append("No PGD results (pgd_acc rows): the evaluation ran no attack; run with "
                                  "--eval pgd20.")

@@ -43,11 +43,11 @@ def _index(method: str, methods) -> int:
 
 def look(method: str, methods) -> dict:
     """Colour, marker and line style of ``method`` among ``methods`` (the run's methods). The variants of
-    a known method (OATS's widths: ``oats-w0.5``, ...) share its hue, darker to lighter, each with its own
-    marker and line style."""
-    base, _, variant = method.rpartition("-")
-    if base in KNOWN_ORDER and variant:
-        siblings = sorted(m for m in set(methods) if m.rpartition("-")[0] == base)
+    a known method (OATS's widths: ``oats-w0.5``, ...; its seeds on one machine: ``pgd_at @ cpu``) share its
+    hue, darker to lighter, each with its own marker and line style."""
+    base = _family(method)
+    if base:
+        siblings = sorted(m for m in set(methods) if _family(m) == base)
         i, r, n = KNOWN_ORDER.index(base), siblings.index(method), len(siblings)
         t = 0.0 if n == 1 else -0.45 + 0.9 * r / (n - 1)  # < 0: towards black, > 0: towards white
         rgb = tuple(c * (1 + t) if t < 0 else c + (1 - c) * t for c in PALETTE[i % len(PALETTE)])
@@ -58,13 +58,23 @@ def look(method: str, methods) -> dict:
             "linestyle": LINESTYLES[i % len(LINESTYLES)]}
 
 
+def _family(method: str) -> str | None:
+    """The known method that ``method`` is a variant of (``oats-w0.5``: one width of OATS; ``pgd_at @ cpu``:
+    the seeds of PGD-AT that ran on the CPU, where its seeds ran on several machines), else None."""
+    head, at, _ = method.partition(" @ ")
+    base, _, variant = head.rpartition("-")
+    if base in KNOWN_ORDER and variant:
+        return base
+    return head if at and head in KNOWN_ORDER else None
+
+
 def display(method: str) -> str:
     """The display name; a variant's (``oats-w0.5``, one width of OATS) is its method's with the variant:
-    "OATS w0.5"."""
-    base, _, variant = method.rpartition("-")
-    if base in DISPLAY and variant:
-        return f"{DISPLAY[base]} {variant}"
-    return DISPLAY.get(method, method)
+    "OATS w0.5"; a machine's (``pgd_at @ cpu``) keeps it: "PGD-AT @ cpu"."""
+    head, at, machine = method.partition(" @ ")
+    base, _, variant = head.rpartition("-")
+    name = f"{DISPLAY[base]} {variant}" if base in DISPLAY and variant else DISPLAY.get(head, head)
+    return f"{name} @ {machine}" if at else name
 
 
 def mpl_text(text: str) -> str:

@@ -242,3 +242,27 @@ def test_configuration_shows_each_jobs_own_settings(tmp_path):
     assert rows["config: methods"] == '["pgd_at", "fast_at", "float", "oat"]', "run.json's other settings stay"
     bare = dict(config_table(load_run(_run(tmp_path, name="bare"))).rows)
     assert bare["config: train.epochs"] == "15", "no job files: run.json's, said to be the last invocation's"
+
+
+def test_seeds_from_two_machines_are_never_averaged(tmp_path):
+    """Seed 1 of OAT ran on a GPU, seed 0 on the CPU (say two commands, or a cluster's mixed nodes): the
+    report shows them as two models, labelled by machine, and says why; a model whose seeds ran alike, and
+    every other method, stays as it was."""
+    gpu = "NVIDIA H100 80GB HBM3"
+
+    def one_seed_on_a_gpu(t):
+        seed1 = t["job"] == "oat-digits-small_cnn-s1"
+        t.loc[seed1, "device"] = gpu
+        t.loc[seed1 & (t["metric"] == "train_time_s"), "precision"] = "bf16"
+        return t
+    run = load_run(_run(tmp_path, one_seed_on_a_gpu))
+    assert {"oat @ cpu, fp32", f"oat @ {gpu}, bf16"} <= set(run.table["method"])
+    assert "oat" not in set(run.table["method"]) and {"pgd_at", "fast_at", "float"} <= set(run.table["method"])
+    pts = T.points(run.table)
+    oat = pts[pts["method"].str.startswith("oat")]
+    assert set(oat["seeds"]) == {1}, "each machine's seed alone"
+    other = pts[pts["method"] == "float"]
+    assert set(other["seeds"]) == {2}
+    out = render(run.dir, formats=("html",))
+    html = out["html"].read_text()
+    assert f"OAT @ {gpu}, bf16" in html and "seeds ran on different machines" in html

@@ -62,6 +62,13 @@ def missing(table: pd.DataFrame, pts: pd.DataFrame, info: dict) -> dict[str, lis
     if not has(pts, "train_time_s"):
         notes["complexity"].append("No training times (train_time_s rows, written per job by python "
                                    "run_all.py): training cost is not compared.")
+    timed = table[table["metric"].isin(("train_time_s", "infer_latency_ms")) & (table["device"] != "")]
+    if timed["device"].nunique() > 1:
+        where = timed.groupby("device")["method"].agg(lambda m: ", ".join(style.display(x) for x in
+                                                                         style.method_order(m)))
+        notes["complexity"].append("Times were measured on different machines (" + "; ".join(
+            f"{d}: {m}" for d, m in where.items()) + "): compare training and inference times only between "
+            "methods measured on one machine.")
     if not has(pts, "train_peak_mem_mb"):
         cpu = set(table["device"]) <= {"cpu", ""}
         notes["complexity"].append("Training peak memory not measured" + (

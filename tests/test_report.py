@@ -266,3 +266,17 @@ def test_seeds_from_two_machines_are_never_averaged(tmp_path):
     out = render(run.dir, formats=("html",))
     html = out["html"].read_text()
     assert f"OAT @ {gpu}, bf16" in html and "seeds ran on different machines" in html
+
+
+def test_times_from_different_machines_are_named(tmp_path):
+    """OAT trained and timed on a GPU, the rest on the CPU: the complexity section says whose times come from
+    which machine; a run on one machine says nothing of it."""
+    from report.content import build
+
+    def oat_on_a_gpu(t):
+        t.loc[t["method"] == "oat", "device"] = "NVIDIA H100 80GB HBM3"
+        return t
+    notes = build(load_run(_run(tmp_path, oat_on_a_gpu))).notes
+    said = [n for n in notes if "different machines" in n]
+    assert len(said) == 1 and "NVIDIA H100 80GB HBM3: OAT" in said[0] and "cpu: PGD-AT, Fast-AT, FLOAT" in said[0]
+    assert not [n for n in build(load_run(_run(tmp_path, name="same"))).notes if "different machines" in n]

@@ -73,6 +73,18 @@ def expand_jobs(cfg: RunConfig, train_overrides: dict | None = None) -> list[Job
     return jobs
 
 
+def dedicated_hint(cfg: RunConfig) -> str | None:
+    """A line for a run of once-for-all methods beside per-lambda methods (PGD-AT) left at their default
+    training lambda: one dedicated model, not one per lambda to compare the dial with."""
+    classes = [get_method(name) for name in cfg.methods]
+    per = [c for c in classes if c.train_lambdas is not None]
+    if cfg.train_lambdas is not None or not per or not any(c.once_for_all for c in classes):
+        return None
+    which = ", ".join(f"{c.name} at λ = {', '.join(f'{v:g}' for v in c.train_lambdas)}" for c in per)
+    return (f"note: one dedicated model each ({which}); to compare the once-for-all methods with one dedicated "
+            f"model per λ (the report's cost of the dial), add --train-lambdas 0,0.1,0.2,0.3,0.4,1")
+
+
 def jsonable(obj):
     return json.loads(json.dumps(obj, sort_keys=True))
 

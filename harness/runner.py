@@ -26,7 +26,8 @@ from .device import device_name, resolve_device
 from .errors import LambenchError
 from .evaluate import evaluate
 from .executor import ExecutorConfig, check as check_executor, submit_and_wait
-from .jobs import Job, check_run_agrees, eval_settings, expand_jobs, identity, job_state, jsonable
+from .jobs import (Job, check_run_agrees, dedicated_hint, eval_settings, expand_jobs, identity, job_state,
+                   jsonable)
 from .store import LambdaRows, assemble, fingerprint, result_row, write_csv, write_json, write_text
 from .train import precision_of, train
 
@@ -46,6 +47,8 @@ def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command:
         log = _quiet
     jobs = expand_jobs(cfg, train_overrides)
     run_dir = Path(cfg.out) / (cfg.run or "run")
+    if dedicated_hint(cfg):
+        log(dedicated_hint(cfg))
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "run.json", {"command": command or "", "config": jsonable(dataclasses.asdict(cfg)),

@@ -113,6 +113,17 @@ def test_train_lambdas_expand_to_dedicated_jobs():
     assert len({j.name for j in jobs}) == len(jobs)
 
 
+def test_a_run_of_once_for_all_methods_says_how_to_get_dedicated_models():
+    """pgd_at trains one model (λ = 1) unless --train-lambdas says more; beside a once-for-all method the run
+    says how to get one per λ to compare the dial with, and says nothing where that does not apply."""
+    from harness.jobs import dedicated_hint
+    hint = dedicated_hint(RunConfig(methods=("oat", "pgd_at")))
+    assert "pgd_at at λ = 1" in hint and "--train-lambdas 0,0.1,0.2,0.3,0.4,1" in hint
+    for cfg in (RunConfig(methods=("oat", "pgd_at"), train_lambdas=(0.0, 1.0)), RunConfig(methods=("pgd_at", "fast_at")),
+                RunConfig(methods=("oat", "float"))):
+        assert dedicated_hint(cfg) is None
+
+
 class _Recording(Method):
     """Records, for every forward call during evaluation, the lambda configured and the model's mode."""
     name = "recording"

@@ -3,7 +3,8 @@
 A job's ``config.json`` is its identity (what training its model depends on, the data's content included);
 its ``eval.json`` the evaluation settings its ``rows.csv`` was scored under. A run folder is one protocol:
 the seeds of one model (same method, dataset, architecture and training lambda) must agree on both, or the
-report would average different experiments as if they were seeds.
+report would average different experiments as if they were seeds; the models of one setting (dataset,
+architecture, eps), which the report compares in one figure, on their data and evaluation ``protocol``.
 """
 from __future__ import annotations
 
@@ -153,9 +154,24 @@ def job_state(job: Job, cfg: RunConfig, run_dir: Path, data_fingerprint: str) ->
     return "new"
 
 
-def _no_grid(settings: dict) -> dict:
-    """Evaluation settings but the lambda grid (a grid does not change a lambda's rows)."""
-    return {k: v for k, v in settings.items() if k != "lambdas"}
+def to_do(jobs: list[Job], cfg: RunConfig, run_dir: Path, fingerprints: dict[str, str]) -> list[Job]:
+    """The jobs this command trains or scores (all of them with --force), read before any work: a job
+    trained with other settings is refused here, before any other job's work, too."""
+    return [job for job in jobs if cfg.force or job_state(job, cfg, run_dir, fingerprints[job.dataset]) != "done"]
+
+
+#: evaluation settings the compared figures do not depend on: the lambda grid (a lambda's rows do not depend
+#: on the others), batching, and what runs besides the accuracies (complexity, sanity checks)
+_BESIDES = ("lambdas", "batch_size", "complexity", "checks", "checks_n", "checks_eot")
+
+
+def protocol(settings: dict) -> dict:
+    """The evaluation settings (an ``eval.json``) that clean, PGD and AutoAttack accuracy depend on: what
+    seeds averaged together, and models compared in one figure, must share."""
+    out = {k: v for k, v in settings.items() if k not in _BESIDES}
+    if out.get("aa") == "off":
+        out.pop("aa_n", None)
+    return out
 
 
 def check_run_agrees(jobs: list[Job], cfg: RunConfig, run_dir: Path, fingerprints: dict[str, str]) -> None:
@@ -184,7 +200,7 @@ def check_run_agrees(jobs: list[Job], cfg: RunConfig, run_dir: Path, fingerprint
             differ = _same({**stored, "seed": None}, {**wanted, "seed": None})
             what, scored = "trained", finished_settings(path.parent)
             if not differ and scored is not None:
-                differ, what = _differences(_no_grid(scored), _no_grid(eval_settings(job, cfg))), "evaluated"
+                differ, what = _differences(protocol(scored), protocol(eval_settings(job, cfg))), "evaluated"
             if differ:
                 raise LambenchError(f"{path.parent} is seed {stored.get('seed')} of {job.name}'s model, {what} with "
                                     f"other settings ({_said(differ)}); the report would average them as seeds: "
@@ -204,13 +220,18 @@ def _finished(path: Path) -> tuple[dict | None, dict | None]:
 
 def _check_protocol(job: Job, cfg: RunConfig, wanted: dict, path: Path, stored, scored) -> None:
     """Refuse ``job`` beside the finished job in ``path.parent`` (``stored``, ``scored``: its ``_finished``)
-    if the report would compare the two (same dataset, architecture and eps) though they were scored under
-    other evaluation settings."""
+    if the report would compare the two (same dataset, architecture and eps) though they were scored on other
+    data under the same dataset name, or under another evaluation protocol."""
     if stored is None or any(stored.get(k) != wanted[k] for k in ("dataset", "arch", "eps")):
         return
-    differ = _differences(_no_grid(scored), _no_grid(eval_settings(job, cfg)))
+    other = f"{path.parent} ({stored.get('method')})"
+    if stored.get("subset") == wanted["subset"] and stored.get("data") not in (None, wanted["data"]):
+        raise LambenchError(f"{other} was trained and scored on other data under the name {job.dataset} (data: "
+                            f"{stored['data'][:8]} -> {wanted['data'][:8]}; another --data-root?), and the report "
+                            f"would compare it with {job.name}: pick another --run")
+    differ = _differences(protocol(scored), protocol(eval_settings(job, cfg)))
     if differ:
-        raise LambenchError(f"{path.parent} ({stored.get('method')}) was evaluated with other settings "
-                            f"({_said(differ)}) than {job.name} would be, and the report compares them in one "
-                            f"figure: pick another --run, or add {stored.get('method')} to --methods (and its "
-                            f"flags) to score it again under these settings (it is not retrained)")
+        raise LambenchError(f"{other} was evaluated with other settings ({_said(differ)}) than {job.name} would be, "
+                            f"and the report compares them in one figure: pick another --run, or first score it "
+                            f"again under these settings (the command that trained it, with these evaluation "
+                            f"flags: it is not retrained)")

@@ -27,9 +27,9 @@ from .errors import LambenchError
 from .evaluate import evaluate
 from .executor import ExecutorConfig, check as check_executor, submit_and_wait
 from .jobs import (Job, check_run_agrees, dedicated_hint, eval_settings, expand_jobs, identity, job_state,
-                   jsonable)
+                   jsonable, to_do)
 from .store import LambdaRows, assemble, fingerprint, result_row, write_csv, write_json, write_text
-from .train import precision_of, train
+from .train import train
 
 
 def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command: str | None = None,
@@ -60,7 +60,9 @@ def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command:
     # each dataset loaded once, kept on the device as uint8
     datasets = {name: load_dataset(name, cfg.data_root, cfg.subset).to(device)
                 for name in dict.fromkeys(job.dataset for job in jobs)}
-    check_run_agrees(jobs, cfg, run_dir, {name: d.fingerprint for name, d in datasets.items()})
+    fingerprints = {name: d.fingerprint for name, d in datasets.items()}
+    check_run_agrees(jobs, cfg, run_dir, fingerprints)
+    _unmark(to_do(jobs, cfg, run_dir, fingerprints), run_dir, main)
     for i, job in enumerate(jobs, 1):
         log(f"[{i}/{len(jobs)}] {job.name}")
         run_job(job, cfg, datasets[job.dataset], run_dir, device, log)
@@ -70,6 +72,19 @@ def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command:
     table = assemble(run_dir) if main else pd.read_csv(run_dir / "results.csv")
     log(f"results: {run_dir / 'results.csv'} ({len(table)} rows)")
     return table
+
+
+def _unmark(jobs: list[Job], run_dir: Path, main: bool) -> None:
+    """Before any work, the jobs this command trains or scores lose their ``eval.json``: ``results.csv``
+    takes only rows with theirs (store.assemble), so a run stopped in between never leaves a job's old rows
+    beside other jobs' new ones (its seeds, or the models it is compared with)."""
+    distributed.barrier()  # every process has read the store
+    if main:
+        for job in jobs:
+            (run_dir / job.name / "eval.json").unlink(missing_ok=True)
+        if jobs and (run_dir / "results.csv").exists():
+            assemble(run_dir)  # the run's table without them, at once
+    distributed.barrier()
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -85,7 +100,8 @@ def _submit(cfg: RunConfig, jobs: list[Job], run_dir: Path, ex: ExecutorConfig, 
     data = {name: load_dataset(name, cfg.data_root, cfg.subset).fingerprint
             for name in dict.fromkeys(job.dataset for job in jobs)}
     check_run_agrees(jobs, cfg, run_dir, data)
-    todo = [job for job in jobs if job_state(job, cfg, run_dir, data[job.dataset]) != "done"]
+    todo = to_do(jobs, cfg, run_dir, data)
+    _unmark(todo, run_dir, True)
     log(f"{len(jobs) - len(todo)} finished already, {len(todo)} to run")
     failures = submit_and_wait(cfg, todo, run_dir, ex, log)
     table = assemble(run_dir)
@@ -166,8 +182,7 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     meta = {"run": run_dir.name, "job": job.name, "method": job.method, "dataset": job.dataset, "arch": job.arch,
             "seed": job.seed, "train_lambda": job.train_lambda, "eps": eps, "device": device_name(device),
             "torch": torch.__version__,  # accuracy rows: the precision the model was trained in (evaluation: fp32)
-            "precision": " + ".join(dict.fromkeys(h["precision"] for h in history if "precision" in h))
-            or precision_of(job.train, device)}
+            "precision": trained_on["precision"]}
     if not main:
         return
     warnings = checks.warning_lines(rows)

@@ -51,9 +51,15 @@ def test_models_compared_in_one_figure_share_the_evaluation(tmp_path, capsys):
     assert _main(capsys, *QUICK, *out)[0] == 0
     before = pd.read_csv(tmp_path / "smoke" / "results.csv")
     code, io = _main(capsys, *QUICK, *out, "--methods", "fast_at", "--eval-n", "24")
-    assert code == 2 and "n: 16 -> 24" in io.err and "add pgd_at to --methods" in io.err
+    assert code == 2 and "n: 16 -> 24" in io.err and "first score it again under these settings" in io.err
     assert io.err.count("\n") == 1
     assert not (tmp_path / "smoke" / "fast_at-digits-small_cnn-s0").exists(), "refused before any work"
+    code, io = _main(capsys, *QUICK, *out, "--methods", "pgd_at", "--train-lambdas", "0", "--eval-n", "24")
+    assert code == 2 and "pgd_at-digits-small_cnn-s0-tl1 (pgd_at)" in io.err, "PGD-AT at another λ: compared too"
+    # what the compared accuracies do not depend on may differ: batching, complexity, checks, an unused --aa-n
+    besides = ["--eval-batch-size", "7", "--complexity", "on", "--checks", "on", "--checks-n", "8", "--aa-n", "5"]
+    assert _main(capsys, *QUICK, *out, "--methods", "fast_at", *besides)[0] == 0
+    shutil.rmtree(tmp_path / "smoke" / "fast_at-digits-small_cnn-s0")
     assert _main(capsys, *QUICK, *out, "--methods", "fast_at", "--eval-n", "24", "--eps", "0.2")[0] == 0
     assert _main(capsys, *QUICK, *out, "--eval-n", "24")[0] == 0, "pgd_at scored again: the fix named"
     after = pd.read_csv(tmp_path / "smoke" / "results.csv")
@@ -84,6 +90,18 @@ def test_a_job_on_other_data_is_not_taken_for_the_one_done(tmp_path, capsys):
     assert code == 2 and "trained with other settings (data:" in io.err and "--force" in io.err
 
 
+def test_another_model_on_other_data_of_the_same_name_is_refused(tmp_path, capsys):
+    """Two --data-root folders of one dataset name: another method scored on the second would be compared
+    with the first's in one figure, on other test images; it is refused before any work."""
+    quick = [a for a in QUICK if a not in ("--subset", "64")]
+    out = ["--out", str(tmp_path / "out"), "--dataset", "npz"]
+    a, b = _npz_folder(tmp_path / "a", False), _npz_folder(tmp_path / "b", True)
+    assert _main(capsys, *quick, *out, "--data-root", a)[0] == 0
+    code, io = _main(capsys, *quick, *out, "--data-root", b, "--methods", "fast_at")
+    assert code == 2 and "other data under the name npz" in io.err and io.err.count("\n") == 1
+    assert _main(capsys, *quick, *out, "--data-root", a, "--methods", "fast_at")[0] == 0
+
+
 def test_a_stopped_reevaluation_never_marks_old_rows_as_new(tmp_path, capsys, monkeypatch):
     """A job re-evaluated under new settings drops its eval.json first and writes it after rows.csv: stopped
     in between, its rows.csv (old settings) is never taken for rows of the new ones."""
@@ -111,6 +129,33 @@ def test_a_stopped_reevaluation_never_marks_old_rows_as_new(tmp_path, capsys, mo
     assert json.loads((job / "eval.json").read_text())["n"] == 32
     table = pd.read_csv(tmp_path / "smoke" / "results.csv")
     assert set(table["seed"]) == {0, 1} and set(table.loc[table.metric == "clean_acc", "n"]) == {32}
+
+
+def test_a_stopped_command_never_leaves_one_jobs_old_rows_beside_anothers_new(tmp_path, capsys, monkeypatch):
+    """Two methods scored again under a new --eval-n, stopped while scoring the second: results.csv holds the
+    first's new rows and not the second's old ones (its eval.json went before any work), so the report never
+    compares n = 24 with n = 16; the same command again finishes the second."""
+    from harness import evaluate
+    out = ["--out", str(tmp_path)]
+    both = ["--methods", "pgd_at,fast_at"]
+    assert _main(capsys, *QUICK, *out, *both)[0] == 0
+    real, calls = evaluate._score_lambda, []
+
+    def stop_on_the_second(*args):
+        calls.append(args[0].name)
+        if args[0].name == "fast_at":
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(evaluate, "_score_lambda", stop_on_the_second)
+    assert _main(capsys, *QUICK, *out, *both, "--eval-n", "24")[0] == 130
+    assert calls == ["pgd_at", "fast_at"]
+    table = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    assert set(table["method"]) == {"pgd_at"} and set(table.loc[table.metric == "clean_acc", "n"]) == {24}
+    monkeypatch.setattr(evaluate, "_score_lambda", real)
+    assert _main(capsys, *QUICK, *out, *both, "--eval-n", "24")[0] == 0
+    table = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    assert set(table["method"]) == {"pgd_at", "fast_at"} and set(table.loc[table.metric == "clean_acc", "n"]) == {24}
 
 
 def test_damaged_store_files_are_one_line_errors_or_scored_again(tmp_path, capsys):

@@ -73,39 +73,40 @@ def _normalise(table: pd.DataFrame) -> pd.DataFrame:
     return _by_machine(table)
 
 
-#: a model's seeds are averaged only where they ran alike: trained on one device in one precision, scored on
+#: a method's seeds are averaged only where they ran alike: trained on one device in one precision, scored on
 #: one device with one torch
 MACHINE = ("trained on", "precision", "scored on", "torch")
+UNKNOWN = {"", "unrecorded"}  # not recorded (an older lambench's rows or checkpoint): matches any value
 
 
 def _by_machine(table: pd.DataFrame) -> pd.DataFrame:
-    """The table with a model whose jobs (seeds) ran on different machines split into one model per machine:
-    its method becomes ``"<method> @ <what differs>"`` (e.g. ``pgd_at @ cpu``), so no figure or table averages
-    numbers from two machines. Where every job of a model ran alike, nothing changes."""
+    """The table with a method whose jobs ran on different machines (within one dataset, architecture and
+    eps) split into one method per machine: it becomes ``"<method> @ <what differs>"`` (``pgd_at @ cpu``),
+    so no figure or table averages, or sums, numbers from two machines; every job of that method is
+    labelled, whatever its training lambda. Where they ran alike, nothing changes. Adds ``machine``: each
+    job's ``MACHINE`` values, joined."""
     def joined(rows: pd.DataFrame, col: str) -> pd.Series:
-        return rows.groupby("job")[col].agg(lambda s: " + ".join(sorted(set(s) - {""})))
+        return rows.groupby("job")[col].agg(
+            lambda s: " + ".join(sorted({part for v in s for part in v.split(" + ")} - UNKNOWN)))
 
     train = table[table["metric"] == "train_time_s"]
     scored = table[table["metric"] == "clean_acc"]
     jobs = pd.DataFrame({"trained on": joined(train, "device"), "precision": joined(train, "precision"),
                          "scored on": joined(scored, "device"), "torch": joined(scored, "torch")})
     jobs = jobs.reindex(sorted(set(table["job"]))).fillna("")
-    model = table.drop_duplicates("job").set_index("job")[["dataset", "arch", "job_eps", "method", "train_lambda"]]
-    jobs = jobs.join(model.fillna({"train_lambda": -1.0}))
+    table = table.copy()
+    table["machine"] = table["job"].map(jobs[list(MACHINE)].agg(" | ".join, axis=1))
+    model = table.drop_duplicates("job").set_index("job")[["dataset", "arch", "job_eps", "method"]]
     label = {}
-    for _, group in jobs.groupby(["dataset", "arch", "job_eps", "method", "train_lambda"]):
-        differ = [c for c in MACHINE if group[c].nunique() > 1]
-        if not differ:
-            continue
-        for job, r in group.iterrows():
+    for _, group in jobs.join(model).groupby(["dataset", "arch", "job_eps", "method"]):
+        differ = [c for c in MACHINE if group.loc[group[c] != "", c].nunique() > 1]
+        for job, r in group.iterrows() if differ else ():
             where = [_devices(r["trained on"], r["scored on"])] if {"trained on", "scored on"} & set(differ) else []
             where += [r["precision"] or "?"] if "precision" in differ else []
             where += [f"torch {r['torch'] or '?'}"] if "torch" in differ else []
             label[job] = ", ".join(where)
-    if label:
-        table = table.copy()
-        at = table["job"].map(label)
-        table.loc[at.notna(), "method"] = table["method"] + " @ " + at
+    at = table["job"].map(label)
+    table.loc[at.notna(), "method"] = table["method"] + " @ " + at
     return table
 
 

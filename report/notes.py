@@ -5,6 +5,8 @@ limitation of the run or of the methods.
 """
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from . import style
@@ -31,11 +33,13 @@ def missing(table: pd.DataFrame, pts: pd.DataFrame, info: dict) -> dict[str, lis
     notes: dict[str, list[str]] = {k: [] for k in ("tradeoff", "complexity", "dial", "tables", "checks", "config")}
     methods = sorted(set(table["method"]))
     kinds = pts.drop_duplicates("method").set_index("method")["kind"] if len(pts) else pd.Series(dtype=str)
-    machines: dict[str, list[str]] = {}
+    machines: dict[str, list[str]] = {}  # per method (OATS's widths as one), the machines it is split by
     for m in methods:
         head, at, machine = m.partition(" @ ")
         if at:
-            machines.setdefault(style.display(head), []).append(machine)
+            base = head.rpartition("-")[0] if head.rpartition("-")[0] in style.KNOWN_ORDER else head
+            where = machines.setdefault(style.display(base), [])
+            where += [machine] if machine not in where else []
     for name, where in machines.items():
         notes["tradeoff"].append(f"{name}'s seeds ran on different machines ({'; '.join(where)}): each machine's "
                                  f"seeds are shown as a model of their own, so no figure or table averages "
@@ -47,8 +51,9 @@ def missing(table: pd.DataFrame, pts: pd.DataFrame, info: dict) -> dict[str, lis
     if not has(pts, "aa"):
         notes["tradeoff"].append("No AutoAttack results (aa_acc rows): run with --aa standard. The AutoAttack "
                                  "panel says so and the AA columns are left out.")
-    if len(methods) == 1:
-        notes["tradeoff"].append(f"Only one method ({methods[0]}) in this run: nothing to compare it with; add "
+    heads = sorted({m.partition(" @ ")[0] for m in methods})  # a method split by machine is still one
+    if len(heads) == 1:
+        notes["tradeoff"].append(f"Only one method ({heads[0]}) in this run: nothing to compare it with; add "
                                  f"methods with --methods, e.g. pgd_at,fast_at,oat,float.")
     if len(pts) and pts["lambda"].nunique() == 1:
         notes["tradeoff"].append(f"Every model was evaluated at one λ ({pts['lambda'].iloc[0]:g}) only: no "
@@ -92,6 +97,40 @@ def missing(table: pd.DataFrame, pts: pd.DataFrame, info: dict) -> dict[str, lis
         notes["config"].append("No readable run.json in the run folder: the command line, configuration and "
                                "versions are unknown (run.json is written by python run_all.py).")
     return notes
+
+
+def mixed_protocols(table: pd.DataFrame, jobs: dict) -> list[str]:
+    """Warnings for settings whose models were scored under different evaluation protocols (a re-evaluation
+    stopped between two methods leaves such a run; the next run_all.py of the same command finishes it)."""
+    from harness.jobs import protocol
+    out = []
+    first = table.drop_duplicates("job").set_index("job")
+    for (dataset, arch, _), g in first.groupby(["dataset", "arch", "job_eps"]):
+        seen: dict[str, set] = {}
+        for job, row in g.iterrows():
+            settings = jobs.get(job, {}).get("eval")
+            if isinstance(settings, dict):
+                key = json.dumps(protocol(settings), sort_keys=True)
+                seen.setdefault(key, set()).add((style.display(row["method"]), row["seed"]))
+        if len(seen) > 1:
+            groups = " vs ".join(sorted(_named(group, seen.values()) for group in seen.values()))
+            out.append(f"⚠ {dataset} · {arch}: models were evaluated under different protocols ({groups}; the "
+                       f"configuration table says how): compare them with care, or rerun the command that scores "
+                       f"them all.")
+    return out
+
+
+def _named(group: set, groups) -> str:
+    """The methods of ``group`` ((method, seed) pairs); one that is in other groups too (its seeds were
+    scored differently) with its seeds."""
+    def methods(g):
+        return {m for m, _ in g}
+
+    def name(m):
+        if sum(m in methods(g) for g in groups) == 1:
+            return m
+        return f"{m} (seed {', '.join(str(s) for x, s in sorted(group) if x == m)})"
+    return ", ".join(sorted(name(m) for m in methods(group)))
 
 
 def flag_line(row) -> str:

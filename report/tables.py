@@ -76,6 +76,9 @@ def points(table: pd.DataFrame) -> pd.DataFrame:
         pts = pts.merge(jobs, on=MODEL, how="left")
     kind = kinds(table)
     pts["kind"] = pts["method"].map(kind)
+    if "machine" in t.columns:  # where each model ran (report.load); a model's seeds ran alike
+        pts = pts.merge(t.groupby(MODEL)["machine"].agg(lambda s: s.mode().iloc[0]).reset_index(), on=MODEL,
+                        how="left")
     return pts
 
 
@@ -136,13 +139,16 @@ def dial_cost(pts: pd.DataFrame) -> pd.DataFrame:
     for key, g in ofa.groupby(SETTING + ["method"]):
         setting = dict(zip(SETTING + ["method"], key))
         same = (pts[SETTING] == pd.Series(dict(zip(SETTING, key[:3])))).all(axis=1)
-        ded = pts[same & (pts["kind"] == "dedicated")]
         grid = sorted(g["lambda"].unique())
         one = g.iloc[0]
+        choices = pts[same & (pts["kind"] == "dedicated")]
+        ded = _dedicated(choices, one.get("machine"))
         row = setting | {"lambdas": len(grid),
                          "ofa_params": _first(one, "stored_params", "params"),
                          "ofa_time": one.get("train_time_s", np.nan),
-                         "ded_models": len(ded), "ded_params": np.nan, "ded_time": np.nan, "ded_measured": 0}
+                         "ded_models": len(ded), "ded_params": np.nan, "ded_time": np.nan, "ded_measured": 0,
+                         "ded_method": ded["method"].iloc[0] if len(ded) else "",
+                         "ded_choices": choices["method"].nunique()}
         if not ded.empty:
             if has(ded, "params"):
                 row["ded_params"] = len(grid) * float(ded["params"].mean())
@@ -154,6 +160,19 @@ def dial_cost(pts: pd.DataFrame) -> pd.DataFrame:
                 row["ded_time"] = float(sum(by_lam.get(lam, fallback) for lam in grid))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _dedicated(choices: pd.DataFrame, machine) -> pd.DataFrame:
+    """The dedicated models a once-for-all model is costed against: one method's (two methods', or one
+    method's on two machines, are never summed together), the method measured on ``machine`` where one was,
+    else the first by name."""
+    if choices.empty:
+        return choices
+    methods = sorted(choices["method"].unique())
+    if "machine" in choices.columns and isinstance(machine, str):
+        alike = [m for m in methods if (choices.loc[choices["method"] == m, "machine"] == machine).all()]
+        methods = alike or methods
+    return choices[choices["method"] == methods[0]]
 
 
 def _first(row, *names):

@@ -112,6 +112,8 @@ def dial_table(dial: pd.DataFrame, methods: list[str], multi: bool):
     rows = []
     for _, r in _sorted(dial, methods, extra=()).iterrows():
         measured = f"{int(r['ded_measured'])} of {int(r['lambdas'])}" if r["ded_models"] else "none"
+        if r["ded_models"] and r.get("ded_choices", 1) > 1:  # several to choose from: say whose
+            measured += f" ({style.display(r['ded_method'])})"
         rows.append(_setting_cells(r, multi) + [style.display(r["method"]), str(int(r["lambdas"])),
                     fmt.count(r["ofa_params"]), fmt.count(r["ded_params"]), fmt.ratio(r["ofa_params"], r["ded_params"]),
                     fmt.seconds(r["ofa_time"]), fmt.seconds(r["ded_time"]), fmt.ratio(r["ofa_time"], r["ded_time"]),
@@ -125,7 +127,9 @@ def dial_table(dial: pd.DataFrame, methods: list[str], multi: bool):
     return Table("dial", "Cost of the dial", header, rows,
                  "params stored: stored_params (else params) of the one model; dedicated: one model per λ of its "
                  "grid; dedicated λ measured: how many of those λ have a dedicated model in this run (the others "
-                 "are estimated from the mean adversarially trained one).")
+                 "are estimated from the mean adversarially trained one). Where the run has dedicated models of "
+                 "several methods or machines, one method's are used, those of the once-for-all model's machine "
+                 "where there are such, and named.")
 
 
 def check_tables(table: pd.DataFrame, methods: list[str]) -> list:

@@ -280,3 +280,60 @@ def test_times_from_different_machines_are_named(tmp_path):
     said = [n for n in notes if "different machines" in n]
     assert len(said) == 1 and "NVIDIA H100 80GB HBM3: OAT" in said[0] and "cpu: PGD-AT, Fast-AT, FLOAT" in said[0]
     assert not [n for n in build(load_run(_run(tmp_path, name="same"))).notes if "different machines" in n]
+
+
+def test_dedicated_models_from_two_machines_are_not_summed(tmp_path):
+    """Seed 1 of PGD-AT at λ = 0 ran on a GPU: every PGD-AT job is labelled by machine (λ = 1's too), and
+    the cost of the dial sums the CPU family's times only, the once-for-all models' machine."""
+    gpu = "NVIDIA H100 80GB HBM3"
+
+    def seed_on_a_gpu(t):
+        job = t["job"] == "pgd_at-digits-small_cnn-s1-tl0"
+        t.loc[job, "device"] = gpu
+        t.loc[job & (t["metric"] == "train_time_s"), "value"] = 0.001
+        return t
+    run = load_run(_run(tmp_path, seed_on_a_gpu))
+    labels = run.table.drop_duplicates("job").set_index("job")["method"]
+    assert labels["pgd_at-digits-small_cnn-s0-tl1"] == "pgd_at @ cpu"
+    assert labels["pgd_at-digits-small_cnn-s1-tl0"] == f"pgd_at @ {gpu}"
+    pts = T.points(run.table)
+    dial = T.dial_cost(pts).set_index("method")
+    cpu = run.table[(run.table["method"] == "pgd_at @ cpu") & (run.table["metric"] == "train_time_s")]
+    per_lambda = cpu.groupby("train_lambda")["value"].mean()
+    for method, row in dial.iterrows():
+        assert row["ded_method"] == "pgd_at @ cpu" and row["ded_models"] == 2
+        expected = sum(per_lambda.get(lam, per_lambda[1.0]) for lam in pts.loc[pts.method == method, "lambda"])
+        assert row["ded_time"] == pytest.approx(expected)
+
+
+def test_unrecorded_machine_facts_do_not_split(tmp_path):
+    """A job from an older lambench (no device or precision recorded for its training) ran on the same CPU
+    as far as anyone knows: it is averaged with its other seed, not shown as another machine."""
+    def unrecorded(t):
+        job = t["job"] == "float-digits-small_cnn-s1"
+        t.loc[job & (t["metric"] == "train_time_s"), ["device", "precision"]] = "unrecorded"
+        t.loc[job & (t["metric"] == "clean_acc"), "torch"] = ""
+        return t
+    run = load_run(_run(tmp_path, unrecorded))
+    assert "float" in set(run.table["method"]) and not run.table["method"].str.contains(" @ ").any()
+
+
+def test_models_scored_under_different_protocols_are_warned_of(tmp_path):
+    """A re-evaluation stopped between two methods leaves FLOAT scored on 24 examples beside the others' 100:
+    the report warns of it above the trade-off figure; batching alone is no difference."""
+    import json
+    from report.content import build
+    run = _run(tmp_path)
+    table = pd.read_csv(run / "results.csv")
+    for job, method in table.drop_duplicates("job")[["job", "method"]].itertuples(index=False):
+        (run / job).mkdir()
+        n, batch = (24, 500) if method == "float" else (100, 64 if method == "oat" else 500)
+        (run / job / "eval.json").write_text(json.dumps({"n": n, "batch_size": batch, "attacks": ["pgd20"]}))
+    warned = [n for n in build(load_run(run)).notes if "different protocols" in n]
+    assert len(warned) == 1 and warned[0].startswith("⚠") and "(FLOAT vs Fast-AT, OAT, PGD-AT;" in warned[0]
+    for job in table.loc[table["method"] == "float", "job"].unique():
+        (run / job / "eval.json").write_text(json.dumps({"n": 100, "batch_size": 7, "attacks": ["pgd20"]}))
+    assert not [n for n in build(load_run(run)).notes if "different protocols" in n]
+    (run / "oat-digits-small_cnn-s1" / "eval.json").write_text(json.dumps({"n": 24, "attacks": ["pgd20"]}))
+    warned = [n for n in build(load_run(run)).notes if "different protocols" in n]
+    assert len(warned) == 1 and "(FLOAT, Fast-AT, OAT (seed 0), PGD-AT vs OAT (seed 1);" in warned[0]

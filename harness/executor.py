@@ -74,9 +74,9 @@ def submit_and_wait(cfg, jobs: list, run_dir: Path, ex: ExecutorConfig, log=prin
         return []
     cfg = dataclasses.replace(cfg, progress=False, force=False)  # logs are files; --force acted already
     folder = run_dir / "slurm"
-    executor = make_executor(ex, folder, f"lambench-{run_dir.name}")
     procs = max(1, ex.gpus_per_job)
     try:
+        executor = make_executor(ex, folder, f"lambench-{run_dir.name}")
         submitted = executor.map_array(Task(), [cfg] * len(jobs), jobs, [str(run_dir)] * len(jobs), [procs] * len(jobs))
     except Exception as exc:  # noqa: BLE001 - sbatch refused (partition, limits): one line naming it
         raise LambenchError(f"submitting {len(jobs)} job(s) to {ex.kind} failed: {_one_line(exc)}") from None

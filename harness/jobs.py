@@ -19,6 +19,7 @@ from methods import get_method
 from .config import RunConfig, TrainConfig, apply, check_lambda
 from .data import dataset_eps
 from .errors import LambenchError, StoreError
+from .models import check_arch
 from .store import finished_settings, read_json
 
 
@@ -61,6 +62,8 @@ def expand_jobs(cfg: RunConfig, train_overrides: dict | None = None) -> list[Job
         method = cls(tcfg, dataset_eps(cfg.datasets[0], cfg.eps))
         if cfg.eval.lambdas is not None and cls.once_for_all:
             method.eval_grid(cfg.eval.lambdas)
+        for arch in cfg.archs:  # an unknown one fails here, before any work, not at its job's turn
+            check_arch(arch, method.layers())
         lambdas = cfg.train_lambdas if cfg.train_lambdas is not None else cls.train_lambdas
         if cls.train_lambdas is None:
             lambdas = (None,)
@@ -160,6 +163,17 @@ def to_do(jobs: list[Job], cfg: RunConfig, run_dir: Path, fingerprints: dict[str
     return [job for job in jobs if cfg.force or job_state(job, cfg, run_dir, fingerprints[job.dataset]) != "done"]
 
 
+def rescored(jobs: list[Job], cfg: RunConfig, run_dir: Path) -> list[Job]:
+    """The finished jobs this command scores again under another ``protocol`` (not those it only re-batches,
+    or measures complexity or checks for)."""
+    out = []
+    for job in jobs:
+        scored = finished_settings(Path(run_dir) / job.name)
+        if scored is not None and protocol(scored) != protocol(eval_settings(job, cfg)):
+            out.append(job)
+    return out
+
+
 #: evaluation settings the compared figures do not depend on: the lambda grid (a lambda's rows do not depend
 #: on the others), batching, and what runs besides the accuracies (complexity, sanity checks)
 _BESIDES = ("lambdas", "batch_size", "complexity", "checks", "checks_n", "checks_eot")
@@ -232,6 +246,6 @@ def _check_protocol(job: Job, cfg: RunConfig, wanted: dict, path: Path, stored, 
     differ = _differences(protocol(scored), protocol(eval_settings(job, cfg)))
     if differ:
         raise LambenchError(f"{other} was evaluated with other settings ({_said(differ)}) than {job.name} would be, "
-                            f"and the report compares them in one figure: pick another --run, or first score it "
-                            f"again under these settings (the command that trained it, with these evaluation "
-                            f"flags: it is not retrained)")
+                            f"and the report compares them in one figure: pick another --run, or set that job "
+                            f"aside by deleting its eval.json (its checkpoint and rows stay; the command that "
+                            f"trained it, with these evaluation flags, scores it again without retraining)")

@@ -29,18 +29,27 @@ def model_names() -> list[str]:
     return sorted(_MODELS) + ["timm:<name>"]
 
 
-def build_model(arch: str, info, layers: LayerFactory | None = None) -> nn.Module:
-    """Build ``arch`` for dataset ``info`` (classes, channels, mean/std) with ``layers`` (default: plain)."""
-    layers = layers or LayerFactory()
+def check_arch(arch: str, layers: LayerFactory) -> None:
+    """A one-line error naming the fix if ``arch`` cannot be built with ``layers`` (before any work)."""
     if arch.startswith("timm:"):
         if type(layers) is not LayerFactory:
             raise LambenchError(f"{arch} cannot take conditioned layers; use preact_resnet18, resnet34, wrn16_8 or small_cnn")
         import timm
-        net = timm.create_model(arch[5:], pretrained=False, num_classes=info.num_classes, in_chans=info.channels)
-    elif arch in _MODELS:
-        net = _MODELS[arch](info.num_classes, info.channels, layers)
-    else:
+        if not timm.is_model(arch[5:]):
+            raise LambenchError(f"timm has no model {arch[5:]!r}; see timm.list_models() for the names")
+    elif arch not in _MODELS:
         raise LambenchError(f"unknown architecture {arch!r}; choose one of: {', '.join(model_names())}")
+
+
+def build_model(arch: str, info, layers: LayerFactory | None = None) -> nn.Module:
+    """Build ``arch`` for dataset ``info`` (classes, channels, mean/std) with ``layers`` (default: plain)."""
+    layers = layers or LayerFactory()
+    check_arch(arch, layers)
+    if arch.startswith("timm:"):
+        import timm
+        net = timm.create_model(arch[5:], pretrained=False, num_classes=info.num_classes, in_chans=info.channels)
+    else:
+        net = _MODELS[arch](info.num_classes, info.channels, layers)
     return nn.Sequential(Normalize(info.mean, info.std), net)
 
 

@@ -27,7 +27,7 @@ from .errors import LambenchError
 from .evaluate import evaluate
 from .executor import ExecutorConfig, check as check_executor, submit_and_wait
 from .jobs import (Job, check_run_agrees, dedicated_hint, eval_settings, expand_jobs, identity, job_state,
-                   jsonable, to_do)
+                   jsonable, rescored, to_do)
 from .store import LambdaRows, assemble, fingerprint, result_row, write_csv, write_json, write_text
 from .train import train
 
@@ -62,7 +62,8 @@ def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command:
                 for name in dict.fromkeys(job.dataset for job in jobs)}
     fingerprints = {name: d.fingerprint for name, d in datasets.items()}
     check_run_agrees(jobs, cfg, run_dir, fingerprints)
-    _unmark(to_do(jobs, cfg, run_dir, fingerprints), run_dir, main)
+    todo = to_do(jobs, cfg, run_dir, fingerprints)  # a job trained otherwise is refused here, before any work
+    _unmark(rescored(todo, cfg, run_dir), run_dir, main)
     for i, job in enumerate(jobs, 1):
         log(f"[{i}/{len(jobs)}] {job.name}")
         run_job(job, cfg, datasets[job.dataset], run_dir, device, log)
@@ -75,9 +76,10 @@ def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command:
 
 
 def _unmark(jobs: list[Job], run_dir: Path, main: bool) -> None:
-    """Before any work, the jobs this command trains or scores lose their ``eval.json``: ``results.csv``
-    takes only rows with theirs (store.assemble), so a run stopped in between never leaves a job's old rows
-    beside other jobs' new ones (its seeds, or the models it is compared with)."""
+    """Before any work, the jobs this command scores again under another protocol lose their ``eval.json``:
+    ``results.csv`` takes only rows with theirs (store.assemble), so a run stopped in between never leaves a
+    job's old rows beside other jobs' new ones (its seeds, or the models it is compared with). Their rows and
+    checkpoints stay; each gets its ``eval.json`` back once scored."""
     distributed.barrier()  # every process has read the store
     if main:
         for job in jobs:
@@ -93,15 +95,16 @@ def _quiet(*args, **kwargs) -> None:
 
 def _submit(cfg: RunConfig, jobs: list[Job], run_dir: Path, ex: ExecutorConfig, log) -> pd.DataFrame:
     """Submit the unfinished jobs (each its own task), wait, assemble the table from every finished job."""
-    if cfg.force:
-        for job in jobs:
-            shutil.rmtree(run_dir / job.name, ignore_errors=True)
     # the data's fingerprints, read here (on the CPU) as the tasks will read them
     data = {name: load_dataset(name, cfg.data_root, cfg.subset).fingerprint
             for name in dict.fromkeys(job.dataset for job in jobs)}
-    check_run_agrees(jobs, cfg, run_dir, data)
+    check_run_agrees(jobs, cfg, run_dir, data)  # before --force deletes anything
+    if cfg.force:
+        for job in jobs:
+            shutil.rmtree(run_dir / job.name, ignore_errors=True)
+    # (each task drops its job's eval.json when it starts: dropping them here, before the submission is
+    # accepted, would empty the run's table for a refused one)
     todo = to_do(jobs, cfg, run_dir, data)
-    _unmark(todo, run_dir, True)
     log(f"{len(jobs) - len(todo)} finished already, {len(todo)} to run")
     failures = submit_and_wait(cfg, todo, run_dir, ex, log)
     table = assemble(run_dir)
@@ -139,8 +142,10 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
             if state != "done":
                 write_json(job_dir / "config.json", identity(job, cfg, data.fingerprint))
                 # without its eval.json the old rows.csv is neither taken for rows of these settings nor put
-                # in the run's table (store.assemble), wherever this run stops
-                (job_dir / "eval.json").unlink(missing_ok=True)
+                # in the run's table (store.assemble), wherever this run stops; kept only where the same
+                # model is scored again under the same protocol (re-batched, say), so its rows still hold
+                if rescored([job], cfg, run_dir) or not (job_dir / "checkpoint.pt").exists():
+                    (job_dir / "eval.json").unlink(missing_ok=True)
         except LambenchError as exc:  # every rank stops with it
             state = exc
     state = distributed.broadcast_object(state)

@@ -45,15 +45,22 @@ def test_seeds_of_one_model_trained_or_scored_otherwise_are_refused(tmp_path, ca
 def test_models_compared_in_one_figure_share_the_evaluation(tmp_path, capsys):
     """The report puts the methods of one dataset, architecture and eps in one figure: a method scored with
     --eval-n 24 beside one scored with 16 would be compared on other examples. It is refused before any
-    work, naming the fix; scoring the first again under the new settings does not retrain it; another eps
-    is another figure, so its protocol may differ."""
+    work, naming the fix; following it works, even where the two models were trained with other flags (each
+    command is refused because of the other: the fix must not send the user round in a circle), and
+    scoring the first again does not retrain it; another eps is another figure, so its protocol may differ."""
     out = ["--out", str(tmp_path)]
     assert _main(capsys, *QUICK, *out)[0] == 0
     before = pd.read_csv(tmp_path / "smoke" / "results.csv")
-    code, io = _main(capsys, *QUICK, *out, "--methods", "fast_at", "--eval-n", "24")
-    assert code == 2 and "n: 16 -> 24" in io.err and "first score it again under these settings" in io.err
+    code, io = _main(capsys, *QUICK, *out, "--methods", "fast_at", "--eval-n", "24", "--epochs", "2")
+    assert code == 2 and "n: 16 -> 24" in io.err and "deleting its eval.json" in io.err
     assert io.err.count("\n") == 1
     assert not (tmp_path / "smoke" / "fast_at-digits-small_cnn-s0").exists(), "refused before any work"
+    (tmp_path / "smoke" / JOB / "eval.json").unlink()  # the fix named: pgd_at set aside
+    assert _main(capsys, *QUICK, *out, "--methods", "fast_at", "--eval-n", "24", "--epochs", "2")[0] == 0
+    assert _main(capsys, *QUICK, *out, "--eval-n", "24")[0] == 0, "pgd_at scored again, with its own flags"
+    assert set(pd.read_csv(tmp_path / "smoke" / "results.csv")["method"]) == {"pgd_at", "fast_at"}
+    shutil.rmtree(tmp_path / "smoke" / "fast_at-digits-small_cnn-s0")
+    assert _main(capsys, *QUICK, *out)[0] == 0, "back to n = 16: scored again from the cached lambdas"
     code, io = _main(capsys, *QUICK, *out, "--methods", "pgd_at", "--train-lambdas", "0", "--eval-n", "24")
     assert code == 2 and "pgd_at-digits-small_cnn-s0-tl1 (pgd_at)" in io.err, "PGD-AT at another λ: compared too"
     # what the compared accuracies do not depend on may differ: batching, complexity, checks, an unused --aa-n
@@ -156,6 +163,32 @@ def test_a_stopped_command_never_leaves_one_jobs_old_rows_beside_anothers_new(tm
     assert _main(capsys, *QUICK, *out, *both, "--eval-n", "24")[0] == 0
     table = pd.read_csv(tmp_path / "smoke" / "results.csv")
     assert set(table["method"]) == {"pgd_at", "fast_at"} and set(table.loc[table.metric == "clean_acc", "n"]) == {24}
+
+
+def test_a_refused_or_stopped_command_keeps_the_runs_table(tmp_path, capsys, monkeypatch):
+    """Nothing leaves results.csv before a command's work starts, unless its protocol changes: an unknown
+    --arch is refused before any work; a command that only re-batches the evaluation, stopped, keeps every
+    job's rows; --force with the submitit executor is refused before it deletes a job."""
+    from harness import evaluate
+    out = ["--out", str(tmp_path)]
+    both = ["--methods", "pgd_at,fast_at"]
+    assert _main(capsys, *QUICK, *out, *both)[0] == 0
+    before = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    code, io = _main(capsys, *QUICK, *out, *both, "--arch", "smal_cnn,small_cnn", "--eval-n", "24")
+    assert code == 2 and "unknown architecture 'smal_cnn'" in io.err
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "smoke" / "results.csv"), before)
+
+    def stop(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(evaluate, "_score_lambda", stop)
+    assert _main(capsys, *QUICK, *out, *both, "--eval-batch-size", "7")[0] == 130
+    after = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    assert set(after["job"]) == set(before["job"]), "a new batch size alone keeps the rows"
+    monkeypatch.undo()
+    code, io = _main(capsys, *QUICK, *out, "--methods", "fast_at", "--eval-n", "24", "--force",
+                     "--executor", "submitit-local")
+    assert code == 2 and "evaluated with other settings" in io.err
+    assert (tmp_path / "smoke" / "fast_at-digits-small_cnn-s0" / "checkpoint.pt").exists()
 
 
 def test_damaged_store_files_are_one_line_errors_or_scored_again(tmp_path, capsys):

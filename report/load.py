@@ -83,8 +83,8 @@ def _by_machine(table: pd.DataFrame) -> pd.DataFrame:
     """The table with a method whose jobs ran on different machines (within one dataset, architecture and
     eps) split into one method per machine: it becomes ``"<method> @ <what differs>"`` (``pgd_at @ cpu``),
     so no figure or table averages, or sums, numbers from two machines; every job of that method is
-    labelled, whatever its training lambda. Where they ran alike, nothing changes. Adds ``machine``: each
-    job's ``MACHINE`` values, joined."""
+    labelled, whatever its training lambda. Where they ran alike, nothing changes. Adds ``trained_on``: each
+    job's training device and precision, ``"<device> | <precision>"`` (empty where not recorded)."""
     def joined(rows: pd.DataFrame, col: str) -> pd.Series:
         return rows.groupby("job")[col].agg(
             lambda s: " + ".join(sorted({part for v in s for part in v.split(" + ")} - UNKNOWN)))
@@ -95,7 +95,7 @@ def _by_machine(table: pd.DataFrame) -> pd.DataFrame:
                          "scored on": joined(scored, "device"), "torch": joined(scored, "torch")})
     jobs = jobs.reindex(sorted(set(table["job"]))).fillna("")
     table = table.copy()
-    table["machine"] = table["job"].map(jobs[list(MACHINE)].agg(" | ".join, axis=1))
+    table["trained_on"] = table["job"].map(jobs["trained on"] + " | " + jobs["precision"])
     model = table.drop_duplicates("job").set_index("job")[["dataset", "arch", "job_eps", "method"]]
     label = {}
     for _, group in jobs.join(model).groupby(["dataset", "arch", "job_eps", "method"]):

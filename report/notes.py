@@ -106,12 +106,13 @@ def mixed_protocols(table: pd.DataFrame, jobs: dict) -> list[str]:
     out = []
     first = table.drop_duplicates("job").set_index("job")
     for (dataset, arch, _), g in first.groupby(["dataset", "arch", "job_eps"]):
-        seen: dict[str, set] = {}
-        for job, row in g.iterrows():
-            settings = jobs.get(job, {}).get("eval")
-            if isinstance(settings, dict):
-                key = json.dumps(protocol(settings), sort_keys=True)
-                seen.setdefault(key, set()).add((style.display(row["method"]), row["seed"]))
+        found = {job: protocol(jobs[job]["eval"]) for job in g.index
+                 if isinstance(jobs.get(job, {}).get("eval"), dict)}
+        common = set.intersection(*(set(p) for p in found.values())) if found else set()
+        seen: dict[str, set] = {}  # a setting an older lambench did not write is no difference
+        for job, settings in found.items():
+            key = json.dumps({k: settings[k] for k in common}, sort_keys=True)
+            seen.setdefault(key, set()).add((style.display(g.loc[job, "method"]), g.loc[job, "seed"]))
         if len(seen) > 1:
             groups = " vs ".join(sorted(_named(group, seen.values()) for group in seen.values()))
             out.append(f"⚠ {dataset} · {arch}: models were evaluated under different protocols ({groups}; the "

@@ -76,8 +76,8 @@ def points(table: pd.DataFrame) -> pd.DataFrame:
         pts = pts.merge(jobs, on=MODEL, how="left")
     kind = kinds(table)
     pts["kind"] = pts["method"].map(kind)
-    if "machine" in t.columns:  # where each model ran (report.load); a model's seeds ran alike
-        pts = pts.merge(t.groupby(MODEL)["machine"].agg(lambda s: s.mode().iloc[0]).reset_index(), on=MODEL,
+    if "trained_on" in t.columns:  # where each model was trained (report.load); its seeds alike
+        pts = pts.merge(t.groupby(MODEL)["trained_on"].agg(lambda s: s.mode().iloc[0]).reset_index(), on=MODEL,
                         how="left")
     return pts
 
@@ -142,7 +142,7 @@ def dial_cost(pts: pd.DataFrame) -> pd.DataFrame:
         grid = sorted(g["lambda"].unique())
         one = g.iloc[0]
         choices = pts[same & (pts["kind"] == "dedicated")]
-        ded = _dedicated(choices, one.get("machine"))
+        ded = _dedicated(choices, one.get("trained_on"))
         row = setting | {"lambdas": len(grid),
                          "ofa_params": _first(one, "stored_params", "params"),
                          "ofa_time": one.get("train_time_s", np.nan),
@@ -162,16 +162,20 @@ def dial_cost(pts: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _dedicated(choices: pd.DataFrame, machine) -> pd.DataFrame:
+def _dedicated(choices: pd.DataFrame, trained_on) -> pd.DataFrame:
     """The dedicated models a once-for-all model is costed against: one method's (two methods', or one
-    method's on two machines, are never summed together), the method measured on ``machine`` where one was,
-    else the first by name."""
+    method's on two machines, are never summed together): one trained like it (``trained_on``: device and
+    precision; a part not recorded matches any) where there is one, else the one with the most models."""
     if choices.empty:
         return choices
-    methods = sorted(choices["method"].unique())
-    if "machine" in choices.columns and isinstance(machine, str):
-        alike = [m for m in methods if (choices.loc[choices["method"] == m, "machine"] == machine).all()]
-        methods = alike or methods
+
+    def alike(a, b) -> bool:
+        parts = [str(x).split(" | ") for x in (a, b)]
+        return all(not x or not y or x == y for x, y in zip(*parts))
+    methods = sorted(choices["method"].unique(), key=lambda m: (-(choices["method"] == m).sum(), m))
+    if "trained_on" in choices.columns and isinstance(trained_on, str):
+        methods = [m for m in methods if all(alike(t, trained_on) for t in
+                                             choices.loc[choices["method"] == m, "trained_on"])] or methods
     return choices[choices["method"] == methods[0]]
 
 

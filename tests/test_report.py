@@ -283,25 +283,30 @@ def test_times_from_different_machines_are_named(tmp_path):
 
 
 def test_dedicated_models_from_two_machines_are_not_summed(tmp_path):
-    """Seed 1 of PGD-AT at λ = 0 ran on a GPU: every PGD-AT job is labelled by machine (λ = 1's too), and
-    the cost of the dial sums the CPU family's times only, the once-for-all models' machine."""
+    """Seed 1 of PGD-AT (both training λ) ran on a GPU: every PGD-AT job is labelled by machine, and the cost
+    of the dial sums the models trained like the once-for-all ones (on the CPU, in fp32), though OAT was
+    scored with another torch and FLOAT's seed 1 did not record its precision, and though the GPU's name
+    sorts first."""
     gpu = "NVIDIA H100 80GB HBM3"
 
     def seed_on_a_gpu(t):
-        job = t["job"] == "pgd_at-digits-small_cnn-s1-tl0"
+        job = t["job"].isin(["pgd_at-digits-small_cnn-s1-tl0", "pgd_at-digits-small_cnn-s1-tl1"])
         t.loc[job, "device"] = gpu
-        t.loc[job & (t["metric"] == "train_time_s"), "value"] = 0.001
+        t.loc[job & (t["metric"] == "train_time_s"), ["value", "precision"]] = [0.001, "bf16"]
+        t.loc[t["method"] == "oat", "torch"] = "2.99.0"
+        t.loc[(t["job"] == "float-digits-small_cnn-s1") & (t["metric"] == "train_time_s"), "precision"] = "unrecorded"
         return t
     run = load_run(_run(tmp_path, seed_on_a_gpu))
     labels = run.table.drop_duplicates("job").set_index("job")["method"]
-    assert labels["pgd_at-digits-small_cnn-s0-tl1"] == "pgd_at @ cpu"
-    assert labels["pgd_at-digits-small_cnn-s1-tl0"] == f"pgd_at @ {gpu}"
+    assert labels["pgd_at-digits-small_cnn-s0-tl1"] == "pgd_at @ cpu, fp32"
+    assert labels["pgd_at-digits-small_cnn-s1-tl0"] == f"pgd_at @ {gpu}, bf16"
     pts = T.points(run.table)
     dial = T.dial_cost(pts).set_index("method")
-    cpu = run.table[(run.table["method"] == "pgd_at @ cpu") & (run.table["metric"] == "train_time_s")]
+    assert set(dial.index) == {"oat", "float"}
+    cpu = run.table[(run.table["method"] == "pgd_at @ cpu, fp32") & (run.table["metric"] == "train_time_s")]
     per_lambda = cpu.groupby("train_lambda")["value"].mean()
     for method, row in dial.iterrows():
-        assert row["ded_method"] == "pgd_at @ cpu" and row["ded_models"] == 2
+        assert row["ded_method"] == "pgd_at @ cpu, fp32" and row["ded_models"] == 2
         expected = sum(per_lambda.get(lam, per_lambda[1.0]) for lam in pts.loc[pts.method == method, "lambda"])
         assert row["ded_time"] == pytest.approx(expected)
 
@@ -337,3 +342,8 @@ def test_models_scored_under_different_protocols_are_warned_of(tmp_path):
     (run / "oat-digits-small_cnn-s1" / "eval.json").write_text(json.dumps({"n": 24, "attacks": ["pgd20"]}))
     warned = [n for n in build(load_run(run)).notes if "different protocols" in n]
     assert len(warned) == 1 and "(FLOAT, Fast-AT, OAT (seed 0), PGD-AT vs OAT (seed 1);" in warned[0]
+    # a setting an older lambench did not write (no aa at all) is no difference
+    for job in table["job"].unique():
+        settings = {"n": 100, "attacks": ["pgd20"]} | ({} if job.startswith("oat") else {"aa": "off"})
+        (run / job / "eval.json").write_text(json.dumps(settings))
+    assert not [n for n in build(load_run(run)).notes if "different protocols" in n]

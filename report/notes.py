@@ -41,8 +41,8 @@ def missing(table: pd.DataFrame, pts: pd.DataFrame, info: dict) -> dict[str, lis
             where = machines.setdefault(style.display(base), [])
             where += [machine] if machine not in where else []
     for name, where in machines.items():
-        notes["tradeoff"].append(f"{name}'s seeds ran on different machines ({'; '.join(where)}): each machine's "
-                                 f"seeds are shown as a model of their own, so no figure or table averages "
+        notes["tradeoff"].append(f"{name} ran on different machines ({'; '.join(where)}): each machine's jobs "
+                                 f"are shown as a method of their own, so no figure or table averages or sums "
                                  f"numbers from two machines (results.csv keeps each row's device, torch and "
                                  f"precision).")
     if not has(pts, "pgd"):
@@ -100,8 +100,8 @@ def missing(table: pd.DataFrame, pts: pd.DataFrame, info: dict) -> dict[str, lis
 
 
 def mixed_protocols(table: pd.DataFrame, jobs: dict) -> list[str]:
-    """Warnings for settings whose models were scored under different evaluation protocols (a re-evaluation
-    stopped between two methods leaves such a run; the next run_all.py of the same command finishes it)."""
+    """Warnings for settings whose models were scored under different evaluation protocols (run_all.py
+    refuses to make such a run folder, but an older lambench's, or one edited by hand, may be one)."""
     from harness.jobs import protocol
     out = []
     first = table.drop_duplicates("job").set_index("job")

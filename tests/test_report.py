@@ -265,7 +265,7 @@ def test_seeds_from_two_machines_are_never_averaged(tmp_path):
     assert set(other["seeds"]) == {2}
     out = render(run.dir, formats=("html",))
     html = out["html"].read_text()
-    assert f"OAT @ {gpu}, bf16" in html and "seeds ran on different machines" in html
+    assert f"OAT @ {gpu}, bf16" in html and "OAT ran on different machines" in html
 
 
 def test_times_from_different_machines_are_named(tmp_path):

@@ -164,12 +164,15 @@ def to_do(jobs: list[Job], cfg: RunConfig, run_dir: Path, fingerprints: dict[str
 
 
 def rescored(jobs: list[Job], cfg: RunConfig, run_dir: Path) -> list[Job]:
-    """The finished jobs this command scores again under another ``protocol`` (not those it only re-batches,
-    or measures complexity or checks for)."""
+    """The finished jobs whose rows stop holding once this command starts them: scored again under another
+    ``protocol`` (not those only re-batched, or measured for complexity or checks), or trained again
+    (--force, or their checkpoint gone)."""
     out = []
     for job in jobs:
-        scored = finished_settings(Path(run_dir) / job.name)
-        if scored is not None and protocol(scored) != protocol(eval_settings(job, cfg)):
+        job_dir = Path(run_dir) / job.name
+        scored = finished_settings(job_dir)
+        if scored is not None and (cfg.force or not (job_dir / "checkpoint.pt").exists()
+                                   or protocol(scored) != protocol(eval_settings(job, cfg))):
             out.append(job)
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import nn
 
 from .errors import LambenchError
@@ -35,8 +36,13 @@ def check_arch(arch: str, layers: LayerFactory) -> None:
         if type(layers) is not LayerFactory:
             raise LambenchError(f"{arch} cannot take conditioned layers; use preact_resnet18, resnet34, wrn16_8 or small_cnn")
         import timm
-        if not timm.is_model(arch[5:]):
-            raise LambenchError(f"timm has no model {arch[5:]!r}; see timm.list_models() for the names")
+        try:  # on the meta device: the name (and any pretrained tag) checked in a moment, nothing allocated
+            with torch.device("meta"):
+                timm.create_model(arch[5:], pretrained=False)
+        except Exception as exc:  # noqa: BLE001 - timm's own words, on one line
+            why = " ".join(str(exc).split())[:200]
+            raise LambenchError(f"timm cannot build {arch[5:]!r} ({why}); see timm.list_models() for the "
+                                f"names") from None
     elif arch not in _MODELS:
         raise LambenchError(f"unknown architecture {arch!r}; choose one of: {', '.join(model_names())}")
 

@@ -107,6 +107,9 @@ def _submit(cfg: RunConfig, jobs: list[Job], run_dir: Path, ex: ExecutorConfig, 
     todo = to_do(jobs, cfg, run_dir, data)
     log(f"{len(jobs) - len(todo)} finished already, {len(todo)} to run")
     failures = submit_and_wait(cfg, todo, run_dir, ex, log)
+    # a task that failed before it started its job left that job's old rows, which the others' new ones
+    # no longer match (another protocol): out of the run's table (its rows and checkpoint stay)
+    _unmark(rescored(todo, dataclasses.replace(cfg, force=False), run_dir), run_dir, True)  # (--force acted)
     table = assemble(run_dir)
     log(f"results: {run_dir / 'results.csv'} ({len(table)} rows)")
     if failures:
@@ -144,7 +147,7 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
                 # without its eval.json the old rows.csv is neither taken for rows of these settings nor put
                 # in the run's table (store.assemble), wherever this run stops; kept only where the same
                 # model is scored again under the same protocol (re-batched, say), so its rows still hold
-                if rescored([job], cfg, run_dir) or not (job_dir / "checkpoint.pt").exists():
+                if rescored([job], cfg, run_dir):
                     (job_dir / "eval.json").unlink(missing_ok=True)
         except LambenchError as exc:  # every rank stops with it
             state = exc
@@ -192,6 +195,7 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
         return
     warnings = checks.warning_lines(rows)
     write_text(job_dir / "warnings.txt", "".join(line + "\n" for line in warnings))
+    (job_dir / "eval.json").unlink(missing_ok=True)  # it describes the rows.csv written next, not the old one
     write_csv(job_dir / "rows.csv", pd.DataFrame([meta | {k: v for k, v in r.items() if k != "detail"} for r in rows]))
     write_json(job_dir / "eval.json", eval_settings(job, cfg))  # last: it marks the rows as these settings'
     _log_rows(rows, log)

@@ -219,3 +219,17 @@ def test_normalize_is_applied_in_the_model():
     with torch.no_grad():
         torch.testing.assert_close(model(x), model[1](model[0](x)))
         assert not torch.allclose(model(x), model[1](x))
+
+
+@pytest.mark.parametrize("arch, said", [("timm:resnet18.bogus_tag", "Invalid pretrained tag"),
+                                        ("timm:resnet9000", "Unknown model"), ("resnet9000", "resnet9000")])
+def test_a_run_with_an_unknown_architecture_is_refused_before_any_job(arch, said):
+    """expand_jobs checks every --arch (timm's names and pretrained tags included) before any job runs, so a
+    bad one among good ones does not stop the run halfway."""
+    pytest.importorskip("timm")
+    from harness.config import RunConfig
+    from harness.jobs import expand_jobs
+    with pytest.raises(LambenchError, match=said) as exc:
+        expand_jobs(RunConfig(methods=("pgd_at",), archs=("small_cnn", arch)))
+    assert "\n" not in str(exc.value)
+    assert len(expand_jobs(RunConfig(methods=("pgd_at",), archs=("small_cnn", "timm:resnet18.a1_in1k")))) == 2

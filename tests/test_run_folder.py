@@ -191,6 +191,41 @@ def test_a_refused_or_stopped_command_keeps_the_runs_table(tmp_path, capsys, mon
     assert (tmp_path / "smoke" / "fast_at-digits-small_cnn-s0" / "checkpoint.pt").exists()
 
 
+def test_a_stopped_force_run_never_leaves_old_seeds_beside_retrained_ones(tmp_path, capsys, monkeypatch):
+    """--force retrains every job of the command: stopped at its second job, results.csv holds the retrained
+    first seed only, not the first beside the second's old model (trained with other settings)."""
+    from harness import runner
+    out = ["--out", str(tmp_path)]
+    assert _main(capsys, *QUICK, *out, "--seeds", "0,1")[0] == 0
+    real, started = runner.run_job, []
+
+    def stop_at_the_second(job, *args, **kwargs):
+        started.append(job.name)
+        if len(started) == 2:
+            raise KeyboardInterrupt
+        return real(job, *args, **kwargs)
+    monkeypatch.setattr(runner, "run_job", stop_at_the_second)
+    assert _main(capsys, *QUICK, *out, "--seeds", "0,1", "--epochs", "2", "--force")[0] == 130
+    table = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    assert set(table["seed"]) == {0} and set(table.loc[table.metric == "epochs_trained", "value"]) == {2}
+
+
+@pytest.mark.parametrize("eval_n, kept", [("8", False), ("16", True)])
+def test_a_failed_cluster_task_leaves_no_old_protocol_rows(tmp_path, capsys, monkeypatch, eval_n, kept):
+    """With --executor, each task drops its own job's eval.json; a task that died before it started (node
+    lost, cancelled) left its job's old rows, which under a new protocol do not belong beside the others'
+    new ones: they leave the run's table (rows and checkpoint stay). Under the same protocol they stay."""
+    from harness import runner
+    out = ["--out", str(tmp_path)]
+    assert _main(capsys, *QUICK, *out)[0] == 0
+    monkeypatch.setattr(runner, "submit_and_wait", lambda cfg, todo, *a, **k: [f"{j.name}: lost" for j in todo])
+    code, _ = _main(capsys, *QUICK, *out, "--eval-n", eval_n, "--eval-batch-size", "7",
+                    "--executor", "submitit-local")
+    assert code == 2
+    table = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    assert (len(table) > 0) == kept and (tmp_path / "smoke" / JOB / "rows.csv").exists()
+
+
 def test_damaged_store_files_are_one_line_errors_or_scored_again(tmp_path, capsys):
     out = ["--out", str(tmp_path)]
     job = tmp_path / "smoke" / JOB

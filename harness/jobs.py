@@ -201,7 +201,7 @@ def check_run_agrees(jobs: list[Job], cfg: RunConfig, run_dir: Path, fingerprint
     folders = [p for p in sorted(Path(run_dir).glob("*/config.json")) if p.parent.name not in mine]
     others: dict[Path, tuple] = {}  # other models' folders, each read once
     for job in jobs:
-        wanted = identity(job, cfg, fingerprints[job.dataset])
+        wanted, evaluated = identity(job, cfg, fingerprints[job.dataset]), protocol(eval_settings(job, cfg))
         point = {k: wanted[k] for k in ("method", "dataset", "arch", "train_lambda")}
         # the folders of this model's other seeds, by name
         seeds = re.compile(re.escape(job.name_with("SEED")).replace("SEED", r"-?\d+") + "$")
@@ -209,7 +209,7 @@ def check_run_agrees(jobs: list[Job], cfg: RunConfig, run_dir: Path, fingerprint
             if not seeds.match(path.parent.name):
                 if path not in others:
                     others[path] = _finished(path)
-                _check_protocol(job, cfg, wanted, path, *others[path])
+                _check_protocol(job, wanted, evaluated, path, *others[path])
                 continue
             stored = _stored(path, fix="delete that folder (a seed of this command's model), or pick another --run")
             if {k: stored.get(k) for k in point} != point:
@@ -217,7 +217,7 @@ def check_run_agrees(jobs: list[Job], cfg: RunConfig, run_dir: Path, fingerprint
             differ = _same({**stored, "seed": None}, {**wanted, "seed": None})
             what, scored = "trained", finished_settings(path.parent)
             if not differ and scored is not None:
-                differ, what = _differences(protocol(scored), protocol(eval_settings(job, cfg))), "evaluated"
+                differ, what = _differences(protocol(scored), evaluated), "evaluated"
             if differ:
                 raise LambenchError(f"{path.parent} is seed {stored.get('seed')} of {job.name}'s model, {what} with "
                                     f"other settings ({_said(differ)}); the report would average them as seeds: "
@@ -232,13 +232,14 @@ def _finished(path: Path) -> tuple[dict | None, dict | None]:
         stored, scored = _stored(path), finished_settings(path.parent)
     except StoreError:
         return None, None
-    return (stored, scored) if isinstance(stored, dict) and scored is not None else (None, None)
+    return (stored, scored) if stored is not None and scored is not None else (None, None)
 
 
-def _check_protocol(job: Job, cfg: RunConfig, wanted: dict, path: Path, stored, scored) -> None:
-    """Refuse ``job`` beside the finished job in ``path.parent`` (``stored``, ``scored``: its ``_finished``)
-    if the report would compare the two (same dataset, architecture and eps) though they were scored on other
-    data under the same dataset name, or under another evaluation protocol."""
+def _check_protocol(job: Job, wanted: dict, evaluated: dict, path: Path, stored, scored) -> None:
+    """Refuse ``job`` (``wanted``: its identity, ``evaluated``: its protocol) beside the finished job in
+    ``path.parent`` (``stored``, ``scored``: its ``_finished``) if the report would compare the two (same
+    dataset, architecture and eps) though they were scored on other data under the same dataset name, or
+    under another evaluation protocol."""
     if stored is None or any(stored.get(k) != wanted[k] for k in ("dataset", "arch", "eps")):
         return
     other = f"{path.parent} ({stored.get('method')})"
@@ -246,7 +247,7 @@ def _check_protocol(job: Job, cfg: RunConfig, wanted: dict, path: Path, stored, 
         raise LambenchError(f"{other} was trained and scored on other data under the name {job.dataset} (data: "
                             f"{stored['data'][:8]} -> {wanted['data'][:8]}; another --data-root?), and the report "
                             f"would compare it with {job.name}: pick another --run")
-    differ = _differences(protocol(scored), protocol(eval_settings(job, cfg)))
+    differ = _differences(protocol(scored), evaluated)
     if differ:
         raise LambenchError(f"{other} was evaluated with other settings ({_said(differ)}) than {job.name} would be, "
                             f"and the report compares them in one figure: pick another --run, or set that job "

@@ -47,8 +47,9 @@ def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command:
         log = _quiet
     jobs = expand_jobs(cfg, train_overrides)
     run_dir = Path(cfg.out) / (cfg.run or "run")
-    if dedicated_hint(cfg):
-        log(dedicated_hint(cfg))
+    hint = dedicated_hint(cfg)
+    if hint:
+        log(hint)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "run.json", {"command": command or "", "config": jsonable(dataclasses.asdict(cfg)),

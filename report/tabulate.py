@@ -128,8 +128,9 @@ def dial_table(dial: pd.DataFrame, methods: list[str], multi: bool):
                  "params stored: stored_params (else params) of the one model; dedicated: one model per λ of its "
                  "grid; dedicated λ measured: how many of those λ have a dedicated model in this run (the others "
                  "are estimated from the mean adversarially trained one). Where the run has dedicated models of "
-                 "several methods or machines, one method's are used, those of the once-for-all model's machine "
-                 "where there are such, and named.")
+                 "several methods or machines, one method's are used and named: those trained like the "
+                 "once-for-all model (device and precision) where there are such, else the method with the most "
+                 "models.")
 
 
 def check_tables(table: pd.DataFrame, methods: list[str]) -> list:

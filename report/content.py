@@ -27,15 +27,16 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
         raise LambenchError(f"results.csv in {run.dir} has no per-λ rows (clean_acc, pgd_acc); rerun python "
                             f"run_all.py so the jobs are evaluated")
     methods = style.method_order(table["method"])
-    floor = clean_floor if clean_floor is not None else T.default_floor(pts)
+    floors = T.floors(pts, clean_floor)
     T.mark_fronts(pts)
     all_flags = T.flags(table)
+    T.mark_flags(pts, all_flags)
     flagged = all_flags[all_flags["flagged"]]
     notes = missing(table, pts, run.info)
     notes["tradeoff"][:0] = mixed_protocols(table, run.jobs)
     settings = list(pts.groupby(T.SETTING).groups)
     robust = "aa" if T.has(pts, "aa") else "pgd"
-    ops = T.operating_points(pts, robust, floor) if T.has(pts, robust) else pd.DataFrame()
+    ops = T.operating_points(pts, robust, floors) if T.has(pts, robust) else pd.DataFrame()
     dial = T.dial_cost(pts)
     s_trade = Section("tradeoff", "Trade-off: clean against robust accuracy",
                       "Which method gives the best trade-off: each once-for-all model is one line through the "
@@ -44,9 +45,10 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
     s_lambda = Section("lambda", "Accuracy against λ", "What the dial does: accuracy at each λ.")
     s_cost = Section("complexity", "Complexity: robust accuracy against cost",
                      f"At what cost: {figures.ROBUST_NAMES[robust]} accuracy of each method at its best λ and at "
-                     f"the best λ whose clean accuracy is at least {_pct(floor)}"
-                     + (" (the floor set with --clean-floor)." if clean_floor is not None else
-                        " (default floor: the run's best clean accuracy minus 5 points; set it with "
+                     f"the best λ whose clean accuracy is at least "
+                     + (f"{_pct(clean_floor)} (the floor set with --clean-floor)." if clean_floor is not None else
+                        (f"{_pct(next(iter(floors.values())))}" if len(floors) == 1 else "the setting's floor")
+                        + " (default floor: the best clean accuracy of the setting minus 5 points; set it with "
                         "--clean-floor)."), notes=notes["complexity"])
     s_dial = Section("dial", "Cost of the dial",
                      "What one once-for-all model costs against the dedicated models it replaces (one per λ of "
@@ -54,20 +56,21 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
     for setting in settings:
         sub = pts[(pts[T.SETTING] == pd.Series(dict(zip(T.SETTING, setting)))).all(axis=1)]
         suffix, label = _setting_names(setting, len(settings))
-        here = [m for m in methods if m in set(sub["method"])]
+        floor = floors[setting]
         warn = [flag_line(r) for _, r in flagged.iterrows() if _in(r, setting)]
         s_trade.figures.append(Figure(
             f"tradeoff{suffix}", f"Trade-off{label}",
             "Clean accuracy against robust accuracy; left PGD, right AutoAttack. "
             + _attack_caption(sub) + " Circled points, joined by the grey band, form the Pareto front of all "
             "points (no other point is better on both). Numbers: λ, where there is room for them (the tables "
-            "hold every point). Error bars: std over seeds where there are several.",
-            partial(figures.draw_tradeoff, pts=sub, methods=here), (11, 5.4), warnings=warn))
+            "hold every point). Error bars: std over seeds where there are several."
+            + (figures.FLAGGED_CAPTION if _flagged(sub) else ""),
+            partial(figures.draw_tradeoff, pts=sub, methods=methods), (11, 5.4), warnings=warn))
         s_lambda.figures.append(Figure(
             f"lambda{suffix}", f"Accuracy against λ{label}",
             "Clean and robust accuracy at each λ: once-for-all models as lines, dedicated models as points at "
-            "their training λ. " + _attack_caption(sub),
-            partial(figures.draw_lambda, pts=sub, methods=here), (11, 4.6), warnings=warn))
+            "their training λ. " + _attack_caption(sub) + (figures.FLAGGED_CAPTION if _flagged(sub) else ""),
+            partial(figures.draw_lambda, pts=sub, methods=methods), (11, 4.6), warnings=warn))
         o = ops[(ops[T.SETTING] == pd.Series(dict(zip(T.SETTING, setting)))).all(axis=1)] if len(ops) else ops
         if len(o) and cost_figures.cost_axes(o)[0]:  # something to plot against
             s_cost.figures.append(Figure(
@@ -75,9 +78,9 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                 f"{figures.ROBUST_NAMES[robust]} accuracy at each method's best λ (filled) and at the best λ with "
                 f"clean accuracy ≥ {_pct(floor)} (hollow; none when the best λ already reaches that floor, or when "
                 "no λ does), against parameters, MACs, training wall-clock and training peak memory. For "
-                "dedicated models, the one model at that λ.",
-                partial(cost_figures.draw_complexity, ops=o, robust=robust, methods=here, floor=floor),
-                cost_figures.complexity_size(o)))
+                "dedicated models, the one model at that λ." + (figures.FLAGGED_CAPTION if _flagged(o) else ""),
+                partial(cost_figures.draw_complexity, ops=o, robust=robust, methods=methods, floor=floor),
+                cost_figures.complexity_size(o), warnings=[_flag_point(r) for _, r in o.iterrows() if r["flags"]]))
         d = dial[(dial[T.SETTING] == pd.Series(dict(zip(T.SETTING, setting)))).all(axis=1)] if len(dial) else dial
         if len(d) and (T.has(d, "ofa_params") or T.has(d, "ofa_time")):
             s_dial.figures.append(Figure(
@@ -85,16 +88,16 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                 "Solid: one once-for-all model covering its whole λ grid. Hatched: one dedicated model per λ of "
                 "that grid, from this run's dedicated models (the model trained at that λ where there is one, "
                 "else the mean of the adversarially trained ones). Ratios over each pair.",
-                partial(cost_figures.draw_dial_cost, dial=d, methods=here), (11, 4.6)))
-    if len(ops) and floor is not None:
-        reached = set(ops.loc[ops["pick"].isin(["floor", "both"]), "method"])
-        short = [style.display(m) for m in methods if m in set(ops["method"]) and m not in reached]
-        if short:
-            s_cost.notes.append(f"No λ of {', '.join(short)} reaches clean accuracy {_pct(floor)}: no hollow "
-                                f"marker for {'it' if len(short) == 1 else 'them'}.")
+                partial(cost_figures.draw_dial_cost, dial=d, methods=methods), (11, 4.6)))
+        if len(o) and floor is not None:
+            reached = set(o.loc[o["pick"].isin(["floor", "both"]), "method"])
+            short = [style.display(m) for m in methods if m in set(o["method"]) and m not in reached]
+            if short:
+                s_cost.notes.append(f"No λ of {', '.join(short)} reaches clean accuracy {_pct(floor)}{label}: no "
+                                    f"hollow marker for {'it' if len(short) == 1 else 'them'}.")
     multi = len(settings) > 1
     if len(ops):
-        s_cost.tables.append(operating_table(ops, robust, methods, floor, multi))
+        s_cost.tables.append(operating_table(ops, robust, methods, multi))
     if len(dial):
         s_dial.tables.append(dial_table(dial, methods, multi))
     s_tables = Section("tables", "Results per method and λ",
@@ -102,16 +105,26 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                        tables=[point_table(pts, all_flags, methods, multi), model_table(pts, methods, multi)],
                        notes=notes["tables"])
     s_checks = Section("checks", "Sanity checks", "Checks the evaluation ran on its own attacks; a flag marks a "
-                       "result to distrust.", tables=check_tables(table, methods), notes=notes["checks"])
+                       "result to distrust.", tables=check_tables(table, methods, multi), notes=notes["checks"])
     s_config = Section("config", "Run configuration",
                        "How these results were produced (each job's settings, run.json).",
                        tables=[config_table(run)], notes=notes["config"])
-    return Report(f"lambench report: {run.name}", _facts(run, pts, floor),
+    return Report(f"lambench report: {run.name}", _facts(run, pts, floors),
                   [s_trade, s_lambda, s_cost, s_dial, s_tables, s_checks, s_config])
 
 
 def _pct(v) -> str:
     return "—" if v is None else f"{v * 100:.1f}%"
+
+
+def _flagged(frame: pd.DataFrame) -> bool:
+    return "flags" in frame and (frame["flags"] != "").any()
+
+
+def _flag_point(r) -> str:
+    """A flagged operating point, as a warning line under the complexity figure."""
+    model = "" if r["train_lambda"] < 0 else f" (model trained at λ={r['train_lambda']:g})"
+    return f"{style.display(r['method'])}{model} at λ={r['lambda']:g}: {r['flags']} flagged (see Sanity checks)"
 
 
 def _in(row, setting) -> bool:
@@ -137,11 +150,13 @@ def _attack_caption(pts: pd.DataFrame) -> str:
             parts.append(f"{name}: {tried[0]}.")
         else:
             which = ", ".join(f"{a} at {n} point{'s' if n > 1 else ''}" for a, n in used.items())
-            parts.append(f"{name}: the strongest (lowest accuracy) of {', '.join(tried)} at each point ({which}).")
+            differ = "; a/b: the seeds' strongest differ" if any("/" in a for a in used.index) else ""
+            parts.append(f"{name}: the strongest (lowest accuracy) of {', '.join(tried)} for each seed at each "
+                         f"point ({which}{differ}).")
     return " ".join(parts)
 
 
-def _facts(run: Run, pts: pd.DataFrame, floor) -> list[tuple[str, str]]:
+def _facts(run: Run, pts: pd.DataFrame, floors: dict) -> list[tuple[str, str]]:
     t = run.table
     settings = sorted({f"{d} · {a} · ε = {fmt_eps(e)}" for d, a, e in pts[T.SETTING].itertuples(index=False)})
     device = ", ".join(sorted(set(t["device"]) - {""})) or run.info.get("device") or "—"  # the rows' own
@@ -150,4 +165,5 @@ def _facts(run: Run, pts: pd.DataFrame, floor) -> list[tuple[str, str]]:
             ("methods", ", ".join(style.display(m) for m in style.method_order(t["method"]))),
             ("seeds", ", ".join(map(str, sorted(set(t["seed"]))))), ("device", device),
             ("evaluated on", (", ".join(map(str, n_eval)) or "—") + " test images"),
-            ("clean-accuracy floor", _pct(floor))]
+            ("clean-accuracy floor", _pct(next(iter(floors.values()))) if len(set(floors.values())) == 1 else
+             "; ".join(f"{_pct(f)} ({d} · {a} · ε = {fmt_eps(e)})" for (d, a, e), f in floors.items()))]

@@ -12,7 +12,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from . import fmt, style
-from .figures import ROBUST_NAMES, finish, legend_handles, panels
+from .figures import ROBUST_NAMES, finish, flagged_handle, legend_handles, panels, ring_flagged
 from .tables import has
 
 #: the complexity panels: column, axis label, what produces the column when it is missing
@@ -62,6 +62,7 @@ def draw_complexity(fig, ops: pd.DataFrame, robust: str, methods: list[str], flo
                        edgecolors="black", linewidths=0.6, zorder=3)
             ax.scatter(flo[col], flo[robust] * 100, marker=look["marker"], s=70, facecolors="white",
                        edgecolors=look["color"], linewidths=1.6, zorder=4)
+            ring_flagged(ax, rows[col].to_numpy(float), rows[robust].to_numpy(float) * 100, rows)
             items += [(x, y * 100, f"λ={lam:g}", look["color"]) for x, y, lam in
                       zip(rows[col], rows[robust], rows["lambda"])]  # one row per distinct point
         _cost_scale(ax, ops[col].dropna(), TICKS.get(col, fmt.number))
@@ -77,6 +78,7 @@ def draw_complexity(fig, ops: pd.DataFrame, robust: str, methods: list[str], flo
         handles.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor="white",
                               markeredgecolor="0.3", markeredgewidth=1.6,
                               label=f"best robust with clean ≥ {floor * 100:.1f}%"))
+    handles += flagged_handle(ops)
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=9)
     finish(fig, labels)
 
@@ -92,8 +94,10 @@ def _cost_scale(ax, spread: pd.Series, ticks) -> None:
         ax.set_xscale("log")
         ax.set_xlim(spread.min() / 1.6, spread.max() * 1.6)
         ax.xaxis.set_minor_formatter(NullFormatter())
-    elif len(spread):
-        ax.set_xlim(*_padded(spread, 0.2))
+    elif len(spread):  # at least 10% of the values' size wide: near-equal costs read as near-equal
+        lo, hi = _padded(spread, 0.2)
+        mid, half = (lo + hi) / 2, max(hi - lo, 0.1 * abs(spread).max()) / 2
+        ax.set_xlim(mid - half, mid + half)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: ticks(v)))
 
 
@@ -113,6 +117,10 @@ def draw_dial_cost(fig, dial: pd.DataFrame, methods: list[str]) -> None:
     axes, _ = panels(fig, len(shown), [p[5] for p in specs if p not in shown])
     order = [m for m in methods if m in set(dial["method"])]
     for ax, (one, many, title, unit, ylabel, _) in zip(axes, shown):
+        bars = pd.concat([dial[one], dial[many]]).dropna() / unit
+        spread = len(bars) and bars.min() > 0 and bars.max() / bars.min() > 30
+        if spread:  # a ratio of 100x or more: a linear axis would flatten the smaller bars to nothing
+            ax.set_yscale("log")
         for i, m in enumerate(order):
             look = style.look(m, methods)
             row = dial[dial["method"] == m].iloc[0]
@@ -121,15 +129,19 @@ def draw_dial_cost(fig, dial: pd.DataFrame, methods: list[str]) -> None:
             if pd.notna(b):
                 ax.bar(i + 0.2, b, width=0.38, facecolor="white", edgecolor=look["color"], hatch="///",
                        linewidth=1.2)
-                ax.text(i, max(a, b) * 1.03, f"×{b / a:.1f}" if a else "", ha="center", va="bottom", fontsize=9.5)
+                ax.text(i, max(a, b) * 1.03, fmt.ratio(a, b) if a else "", ha="center", va="bottom", fontsize=9.5)
             else:
-                ax.text(i + 0.2, a * 0.05, "no dedicated\nmodels to\ncompare", ha="center", va="bottom",
-                        fontsize=8, color="0.3")
+                why = ("no dedicated\nmodels to\ncompare" if not row["ded_models"] else
+                       "no adversarially\ntrained dedicated\nmodel timed")
+                ax.text(i + 0.2, a * (1.03 if spread else 0.05), why, ha="center", va="bottom", fontsize=8,
+                        color="0.3")
         ax.set_xticks(np.arange(len(order)), [f"{style.mpl_text(style.display(m))}\n"
-                      f"({int(dial.loc[dial['method'] == m, 'lambdas'].iloc[0])} λ)" for m in order])
+                      f"({int(dial.loc[dial['method'] == m, 'lambdas'].iloc[0])} λ scored)" for m in order])
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.margins(y=0.15)
+        if spread:
+            ax.set_ylabel(f"{ylabel} (log scale)")
         ax.set_xlim(-0.6, len(order) - 0.4)
     handles = [Patch(facecolor="0.5", edgecolor="black", label="one once-for-all model (all its λ)"),
                Patch(facecolor="white", edgecolor="0.3", hatch="///", label="one dedicated model per λ")]

@@ -24,6 +24,10 @@ ROBUST_NAMES = {"pgd": "PGD", "aa": "AutoAttack"}
 #: where each missing robust metric comes from, for the panel that stays empty
 MISSING_HINT = {"pgd": "no pgd_acc rows: run python run_all.py --eval pgd20",
                 "aa": "no aa_acc rows: run with --aa standard"}
+#: the flagged points' ring, and what the captions say of it
+FLAG_COLOR = "#c0392b"
+FLAGGED_CAPTION = (" Red rings: points a sanity check flagged (see Sanity checks); do not trust their robust "
+                   "accuracy.")
 LABEL_OFFSETS = [((5, 4), "left", "bottom"), ((5, -5), "left", "top"), ((-5, 4), "right", "bottom"),
                  ((-5, -5), "right", "top"), ((0, 7), "center", "bottom"), ((0, -8), "center", "top"),
                  ((9, 0), "left", "center"), ((-9, 0), "right", "center")]
@@ -35,7 +39,8 @@ def save(draw, size: tuple[float, float], stem: Path, exts=("png", "pdf")) -> di
     draw(fig)
     out = {}
     for ext in exts:
-        out[ext] = write_atomic(stem.with_suffix(f".{ext}"), lambda f, ext=ext: fig.savefig(f, format=ext, dpi=150))
+        path = stem.parent / f"{stem.name}.{ext}"  # not with_suffix: "...-eps0.1" would lose its ".1"
+        out[ext] = write_atomic(path, lambda f, ext=ext: fig.savefig(f, format=ext, dpi=150))
     return out
 
 
@@ -96,15 +101,36 @@ def plot_method(ax, pts: pd.DataFrame, method: str, methods, x: str, y: str, sca
     if (xe is not None and pd.notna(xe).any()) or (ye is not None and pd.notna(ye).any()):
         ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt="none", ecolor=look["color"], elinewidth=0.7, capsize=1.5,
                     alpha=0.45, zorder=2)
+    ring_flagged(ax, xs, ys, rows)
     return [(a, b, f"{lam:g}", look["color"]) for a, b, lam in zip(xs, ys, rows["lambda"])]
 
 
+def ring_flagged(ax, xs, ys, rows: pd.DataFrame) -> None:
+    """A red ring round each point of ``rows`` that a sanity check flagged (``flags``, from tables.mark_flags)."""
+    if "flags" not in rows:
+        return
+    hit = (rows["flags"].fillna("") != "").to_numpy()
+    if hit.any():
+        ax.scatter(xs[hit], ys[hit], s=240, facecolors="none", edgecolors=FLAG_COLOR, linewidths=1.6, zorder=5)
+
+
+def flagged_handle(pts: pd.DataFrame) -> list:
+    """The legend entry for the red rings, where ``pts`` has a flagged point."""
+    if "flags" not in pts or not (pts["flags"].fillna("") != "").any():
+        return []
+    return [Line2D([], [], marker="o", markersize=13, linestyle="none", markerfacecolor="none",
+                   markeredgecolor=FLAG_COLOR, markeredgewidth=1.6, label="flagged by a sanity check")]
+
+
 def legend_handles(pts: pd.DataFrame, methods, lines: bool = True) -> list:
-    """One legend entry per method; ``lines``: once-for-all methods are drawn as lines in this figure."""
+    """One legend entry per method of ``methods`` (the run's: they fix each method's look) that ``pts`` holds;
+    ``lines``: once-for-all methods are drawn as lines in this figure."""
     handles = []
     for m in methods:
         kind = pts.loc[pts["method"] == m, "kind"]
-        kind = kind.iloc[0] if len(kind) else "single"
+        if kind.empty:
+            continue
+        kind = kind.iloc[0]
         kind = kind if lines else "single"
         look = style.look(m, methods)
         label = style.mpl_text(style.display(m)) + (" (dedicated models)" if kind == "dedicated" else "")
@@ -196,6 +222,7 @@ def draw_tradeoff(fig, pts: pd.DataFrame, methods: list[str]) -> None:
     handles = legend_handles(pts, methods)
     handles.append(Line2D([], [], color=style.FRONT_COLOR, linewidth=6, alpha=0.25, marker="o", markersize=11,
                           markerfacecolor="none", markeredgecolor=style.FRONT_COLOR, label="Pareto front"))
+    handles += flagged_handle(pts)
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=9,
                title="numbers next to points: λ", title_fontsize=8.5)
     finish(fig, labels)
@@ -212,6 +239,6 @@ def draw_lambda(fig, pts: pd.DataFrame, methods: list[str]) -> None:
         ax.set_xlabel("λ")
         ax.set_xlim(-0.05, 1.05)
     axes[0].set_ylabel("accuracy (%)")
-    handles = legend_handles(pts, methods)
+    handles = legend_handles(pts, methods) + flagged_handle(pts)
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=9)
     finish(fig)

@@ -67,7 +67,8 @@ def ratio(a, b) -> str:
     """b / a as "×3.2"."""
     if _missing(a) or _missing(b) or float(a) == 0:
         return DASH
-    return f"×{float(b) / float(a):.1f}"
+    r = float(b) / float(a)
+    return f"×{r:.1f}" if r < 100 else f"×{r:,.0f}"
 
 
 def eps(v) -> str:

@@ -93,6 +93,14 @@ def missing(table: pd.DataFrame, pts: pd.DataFrame, info: dict) -> dict[str, lis
     if not table["metric"].str.startswith("flag:").any():
         notes["checks"].append("No sanity-check rows (flag:*, check_acc) in this run: the evaluation's sanity "
                                "checks did not run, so no result here is checked.")
+    empty = table[table["metric"].isin(("clean_acc", "pgd_acc", "aa_acc")) & table["value"].isna()]
+    if len(empty):
+        where = [f"{style.display(r.method)} λ={r['lambda']:g} {r.metric} ({r.attack or 'clean'}, seed {r.seed})"
+                 for _, r in empty.head(4).iterrows()]
+        notes["tables"].append(f"{len(empty)} accuracy row{'s' if len(empty) > 1 else ''} of results.csv hold no "
+                               f"value (NaN: nothing was evaluated) and are left out of every mean, so a point "
+                               f"may average fewer seeds than its seeds column says: {'; '.join(where)}"
+                               + ("; ..." if len(empty) > 4 else "") + ".")
     if not info:
         notes["config"].append("No readable run.json in the run folder: the command line, configuration and "
                                "versions are unknown (run.json is written by python run_all.py).")

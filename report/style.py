@@ -1,8 +1,9 @@
 """One look for every figure: a fixed colour, marker and line style per method, readable in grey print.
 
 Colours come from seaborn's colour-blind-safe "colorblind" palette, indexed by a stable method order (the
-methods lambench knows first, in a fixed order, then any others alphabetically), so a method keeps its colour
-across figures and across runs. Markers and line styles differ per method too, so lines stay apart in grey.
+methods lambench knows first, in a fixed order, then any others alphabetically), so a method lambench knows
+keeps its colour across figures and across runs; a method of the user's takes first the colours no known
+method of the run has. Markers and line styles differ per method too, so lines stay apart in grey.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ KNOWN_ORDER = ("pgd_at", "fast_at", "oat", "float", "floats", "smart", "oats")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<")
 LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 1)),
               (0, (6, 2)), (0, (2, 2, 6, 2)))
-#: seaborn's "colorblind" palette without its grey (grey is the Pareto front's colour)
-PALETTE = [c for i, c in enumerate(sns.color_palette("colorblind", 10)) if i != 7]
+#: seaborn's "colorblind" palette without its grey (grey is the Pareto front's colour), its pale yellow last
+PALETTE = [sns.color_palette("colorblind", 10)[i] for i in (0, 1, 2, 3, 4, 5, 6, 9, 8)]
 FRONT_COLOR = "0.25"  # the Pareto front: dark grey, distinct from every method colour
 
 #: display names for the methods lambench knows (others are shown as they are spelled)
@@ -54,8 +55,15 @@ def look(method: str, methods) -> dict:
         return {"color": rgb, "marker": MARKERS[(i + r) % len(MARKERS)],
                 "linestyle": LINESTYLES[(i + r) % len(LINESTYLES)]}
     i = _index(method, methods)
-    return {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)],
-            "linestyle": LINESTYLES[i % len(LINESTYLES)]}
+    turn = i // len(PALETTE)  # past the palette's end, colours repeat: shift markers and lines so no look does
+    color = PALETTE[i % len(PALETTE)]
+    if method not in KNOWN_ORDER:  # a method of the user's: a colour no known method of this run has, first
+        taken = {KNOWN_ORDER.index(f) for f in map(lambda m: _family(m) or m, methods) if f in KNOWN_ORDER}
+        free = [c for c in (7, *range(7), 8) if c not in taken]  # cyan, known methods' colours, yellow last
+        k = i - len(KNOWN_ORDER)
+        color = PALETTE[free[k]] if k < len(free) else color
+    return {"color": color, "marker": MARKERS[(i + turn) % len(MARKERS)],
+            "linestyle": LINESTYLES[(i + 2 * turn) % len(LINESTYLES)]}
 
 
 def _family(method: str) -> str | None:

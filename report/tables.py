@@ -54,23 +54,26 @@ def _agg(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def points(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per point: clean, pgd, aa (strongest attack, its name in ``<short>_attack``), complexity, the
-    model's per-job metrics, ``seeds`` (how many seeds the point averages) and ``kind``."""
+    """One row per point: clean, pgd, aa (each seed's strongest attack, averaged over seeds; which attacks
+    those were in ``<short>_attack``, every attack run in ``<short>_attacks``), complexity, the model's per-job
+    metrics, ``seeds`` (how many seeds the point averages) and ``kind``. NaN values are left out."""
     t = keyed(table)
-    per = t[t["lambda"].notna()]
+    per = t[t["lambda"].notna() & t["value"].notna()]  # NaN: nothing evaluated (notes.missing says where)
     if per.empty:
         return pd.DataFrame(columns=POINT + ["seeds", "kind"])
     pts = per.groupby(POINT)["seed"].nunique().rename("seeds").reset_index()
     pts = pts.merge(_agg(per[per["metric"].isin(POINT_METRICS)], POINT), on=POINT, how="left")
     for short, metric in ROBUST.items():
-        acc = per[per["metric"] == metric]
+        acc = per[(per["metric"] == metric) & per["value"].notna()]
         if acc.empty:
             continue
-        g = acc.groupby(POINT + ["attack"])["value"].agg(["mean", "std"]).reset_index()
-        strongest = g.loc[g.groupby(POINT)["mean"].idxmin()]
-        strongest = strongest.rename(columns={"mean": short, "std": f"{short}_sd", "attack": f"{short}_attack"})
-        tried = g.groupby(POINT)["attack"].agg(lambda a: ", ".join(sorted(a))).rename(f"{short}_attacks")
-        pts = pts.merge(strongest, on=POINT, how="left").merge(tried.reset_index(), on=POINT, how="left")
+        # each model's (seed's) strongest attack, then mean and std over seeds: the worst case per model,
+        # never a seed's weaker attack standing in for it
+        worst = acc.loc[acc.groupby(POINT + ["seed"])["value"].idxmin()]
+        g = worst.groupby(POINT).agg(**{short: ("value", "mean"), f"{short}_sd": ("value", "std"),
+                                        f"{short}_attack": ("attack", _by_count)}).reset_index()
+        tried = acc.groupby(POINT)["attack"].agg(lambda a: ", ".join(sorted(set(a)))).rename(f"{short}_attacks")
+        pts = pts.merge(g, on=POINT, how="left").merge(tried.reset_index(), on=POINT, how="left")
     jobs = _agg(t[t["lambda"].isna() & t["metric"].isin(JOB_METRICS)], MODEL)
     if not jobs.empty:
         pts = pts.merge(jobs, on=MODEL, how="left")
@@ -80,6 +83,12 @@ def points(table: pd.DataFrame) -> pd.DataFrame:
         pts = pts.merge(t.groupby(MODEL)["trained_on"].agg(lambda s: s.mode().iloc[0]).reset_index(), on=MODEL,
                         how="left")
     return pts
+
+
+def _by_count(names: pd.Series) -> str:
+    """The attacks that were strongest, most often first ("pgd20/pgd50x10" when seeds differ)."""
+    counts = names.value_counts()
+    return "/".join(sorted(counts.index, key=lambda a: (-counts[a], a)))
 
 
 def has(frame: pd.DataFrame, column: str) -> bool:
@@ -110,30 +119,49 @@ def mark_fronts(pts: pd.DataFrame) -> None:
                 pts.loc[ok.index, f"{short}_front"] = pareto(ok, short, "clean_acc")
 
 
-def operating_points(pts: pd.DataFrame, robust: str, floor: float | None) -> pd.DataFrame:
+def operating_points(pts: pd.DataFrame, robust: str, floors: dict) -> pd.DataFrame:
     """Per setting and method: the point with the highest ``robust`` accuracy (``pick`` = "best") and the one
-    with the highest ``robust`` accuracy among those with clean accuracy >= ``floor`` (``pick`` = "floor");
-    one row with ``pick`` = "both" when they are the same point."""
+    with the highest ``robust`` accuracy among those with clean accuracy >= the setting's floor (``floors``,
+    from ``floors``; ``pick`` = "floor"); one row with ``pick`` = "both" when they are the same point. Each row
+    carries its setting's ``floor``."""
     rows = []
-    for _, g in pts.dropna(subset=[robust, "clean_acc"]).groupby(SETTING + ["method"]):
+    for key, g in pts.dropna(subset=[robust, "clean_acc"]).groupby(SETTING + ["method"]):
+        floor = floors.get(tuple(key[:len(SETTING)]))
         order = g.sort_values([robust, "clean_acc"], ascending=False)
         ok = order[order["clean_acc"] >= floor] if floor is not None else order.iloc[:0]
         same = not ok.empty and ok.index[0] == order.index[0]
-        rows.append(order.iloc[0].to_dict() | {"pick": "both" if same else "best"})
+        rows.append(order.iloc[0].to_dict() | {"pick": "both" if same else "best", "floor": floor})
         if not ok.empty and not same:
-            rows.append(ok.iloc[0].to_dict() | {"pick": "floor"})
+            rows.append(ok.iloc[0].to_dict() | {"pick": "floor", "floor": floor})
     return pd.DataFrame(rows)
 
 
-def default_floor(pts: pd.DataFrame) -> float | None:
-    """The clean-accuracy floor when none is given: the best clean accuracy in the run minus 5 points."""
-    return None if not has(pts, "clean_acc") else round(float(pts["clean_acc"].max()) - 0.05, 4)
+def floors(pts: pd.DataFrame, given: float | None = None) -> dict[tuple, float | None]:
+    """Per setting (a ``SETTING`` tuple): the clean-accuracy floor, ``given`` where set, else the setting's
+    best clean accuracy minus 5 points (a setting's own: one dataset's accuracies say nothing of another's)."""
+    out = {}
+    for key, g in pts.groupby(SETTING):
+        best = g["clean_acc"].max() if "clean_acc" in g else np.nan
+        out[tuple(key)] = given if given is not None else (None if pd.isna(best) else round(float(best) - 0.05, 4))
+    return out
+
+
+def mark_flags(pts: pd.DataFrame, flags: pd.DataFrame) -> None:
+    """Add ``flags``: the sanity checks flagged at each point (at its own λ, or at all λ of its model: a
+    check without a λ), comma-separated, "" where none. ``flags`` is ``flags(table)``."""
+    hit: dict[tuple, set] = {}
+    for _, f in flags[flags["flagged"]].iterrows():
+        hit.setdefault(tuple(f[c] for c in MODEL) + (f["lambda"],), set()).add(f["check"])
+    pts["flags"] = [", ".join(sorted(hit.get(tuple(r[c] for c in MODEL) + (r["lambda"],), set())
+                                     | hit.get(tuple(r[c] for c in MODEL) + (NONE,), set())))
+                    for _, r in pts.iterrows()]
 
 
 def dial_cost(pts: pd.DataFrame) -> pd.DataFrame:
     """Per once-for-all model: what it stores and costs to train versus one dedicated model per lambda of its
-    grid. Dedicated costs are the run's dedicated models' measurements: the model trained at that lambda where
-    there is one, else the mean of the adversarially trained (lambda > 0) ones."""
+    grid (the lambdas this run scored it at). Dedicated costs are the run's dedicated models' measurements: the
+    model trained at that lambda where there is one, else the mean of the adversarially trained (lambda > 0)
+    ones; no training time where a lambda > 0 would have to be estimated and none was trained adversarially."""
     rows = []
     ofa = pts[pts["kind"] == "ofa"]
     for key, g in ofa.groupby(SETTING + ["method"]):
@@ -153,11 +181,13 @@ def dial_cost(pts: pd.DataFrame) -> pd.DataFrame:
             if has(ded, "params"):
                 row["ded_params"] = len(grid) * float(ded["params"].mean())
             if has(ded, "train_time_s"):
-                adv = ded[ded["train_lambda"] > 0]["train_time_s"].mean()
-                fallback = adv if not np.isnan(adv) else ded["train_time_s"].mean()
-                by_lam = ded.groupby("train_lambda")["train_time_s"].mean()
-                row["ded_measured"] = sum(1 for lam in grid if lam in by_lam.index)
-                row["ded_time"] = float(sum(by_lam.get(lam, fallback) for lam in grid))
+                by_lam = ded.groupby("train_lambda")["train_time_s"].mean().dropna()
+                adv = by_lam[by_lam.index > 0].mean()  # NaN when no adversarially trained one was timed
+                unmeasured = [lam for lam in grid if lam not in by_lam.index]
+                row["ded_measured"] = len(grid) - len(unmeasured)
+                # a λ > 0 model is never estimated from a standard-trained (λ = 0) one: far cheaper to train
+                if not (np.isnan(adv) and any(lam > 0 for lam in unmeasured)):
+                    row["ded_time"] = float(sum(by_lam.get(lam, adv) for lam in grid))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -35,8 +35,9 @@ def _model(r) -> str:
 
 
 def point_table(pts: pd.DataFrame, flags: pd.DataFrame, methods: list[str], multi: bool):
-    """Per method x λ: clean, PGD, AA, complexity, Pareto membership and flagged checks (``flags``: every
-    check's row from ``tables.flags``; without any, the flags column is left out)."""
+    """Per method x λ: clean, PGD, AA, complexity, Pareto membership and flagged checks (``pts["flags"]``, from
+    ``tables.mark_flags``; ``flags``: every check's row from ``tables.flags``: without any, the flags column is
+    left out)."""
     cols = [("clean", lambda r: fmt.acc(r["clean_acc"], r.get("clean_acc_sd")), "clean_acc")]
     for short, name in (("pgd", "PGD"), ("aa", "AA")):
         cols.append((name, lambda r, s=short: fmt.acc(r.get(s), r.get(f"{s}_sd")), short))
@@ -48,18 +49,14 @@ def point_table(pts: pd.DataFrame, flags: pd.DataFrame, methods: list[str], mult
              ("latency (ms)", lambda r: fmt.number(r.get("infer_latency_ms")), "infer_latency_ms")]
     cols = [c for c in cols if T.has(pts, c[2])]
     fronts = [s for s in ("pgd", "aa") if f"{s}_front" in pts]
-    hits = {}
-    for _, f in flags[flags["flagged"]].iterrows():
-        hits.setdefault((f["method"], f["train_lambda"], f["lambda"]), []).append(f["check"])
     rows, marked = [], []
     for _, r in _sorted(pts, methods).iterrows():
         front = ", ".join(n.upper() for n in fronts if _true(r.get(f"{n}_front")))
         front = front.replace("PGD, AA", "both")
-        checks = hits.get((r["method"], r["train_lambda"], r["lambda"]), []) \
-            + hits.get((r["method"], r["train_lambda"], T.NONE), [])
+        checks = r.get("flags") or ""
         rows.append(_setting_cells(r, multi) + [_model(r), fmt.lam(r["lambda"]), str(int(r["seeds"]))]
                     + [f(r) for _, f, _ in cols] + [f"★ {front}" if front else ""]
-                    + [("⚠ " + ", ".join(sorted(set(checks)))) if checks else ""])
+                    + [f"⚠ {checks}" if checks else ""])
         marked.append(bool(checks))
     header = (SETTING_COLS if multi else []) + ["method", "λ", "seeds"] + [c[0] for c in cols] + ["front", "flags"]
     if flags.empty:
@@ -90,7 +87,7 @@ def model_table(pts: pd.DataFrame, methods: list[str], multi: bool):
                   rows, "One row per trained model (a once-for-all model covers all its λ); mean over seeds.")
 
 
-def operating_table(ops: pd.DataFrame, robust: str, methods: list[str], floor, multi: bool):
+def operating_table(ops: pd.DataFrame, robust: str, methods: list[str], multi: bool):
     name = "AA" if robust == "aa" else "PGD"
     size = "nonzero_params" if T.has(ops, "nonzero_params") else "params"
     cols = [("clean", lambda r: fmt.acc(r["clean_acc"], r.get("clean_acc_sd")), "clean_acc"),
@@ -100,12 +97,20 @@ def operating_table(ops: pd.DataFrame, robust: str, methods: list[str], floor, m
             ("train time", lambda r: fmt.seconds(r.get("train_time_s")), "train_time_s"),
             ("peak memory", lambda r: fmt.megabytes(r.get("train_peak_mem_mb")), "train_peak_mem_mb")]
     cols = [c for c in cols if T.has(ops, c[2])]
-    pick = {"best": f"highest {name}", "floor": f"clean ≥ {fmt.acc(floor)}%",
-            "both": f"highest {name}, and clean ≥ {fmt.acc(floor)}%"}
-    rows = [_setting_cells(r, multi) + [style.display(r["method"]), pick[r["pick"]], fmt.lam(r["lambda"])]
-            + [f(r) for _, f, _ in cols] for _, r in _sorted(ops, methods, extra=("pick",)).iterrows()]
+    flagged = "flags" in ops and (ops["flags"].fillna("") != "").any()
+    if flagged:
+        cols.append(("flags", lambda r: f"⚠ {r['flags']}" if r["flags"] else "", "flags"))
+
+    def pick(r) -> str:
+        floor = f"clean ≥ {fmt.acc(r['floor'])}%"
+        return {"best": f"highest {name}", "floor": floor, "both": f"highest {name}, and {floor}"}[r["pick"]]
+    shown = _sorted(ops, methods, extra=("pick",))
+    rows = [_setting_cells(r, multi) + [style.display(r["method"]), pick(r), fmt.lam(r["lambda"])]
+            + [f(r) for _, f, _ in cols] for _, r in shown.iterrows()]
     return Table("operating", "Operating points", (SETTING_COLS if multi else []) + ["method", "chosen by", "λ"]
-                  + [c[0] for c in cols], rows, "The points plotted in the complexity figure.")
+                 + [c[0] for c in cols], rows, "The points plotted in the complexity figure."
+                 + (" flags: sanity checks flagged at that point; do not trust its robust accuracy." if flagged
+                    else ""), [bool(r.get("flags")) for _, r in shown.iterrows()])
 
 
 def dial_table(dial: pd.DataFrame, methods: list[str], multi: bool):
@@ -118,41 +123,47 @@ def dial_table(dial: pd.DataFrame, methods: list[str], multi: bool):
                     fmt.count(r["ofa_params"]), fmt.count(r["ded_params"]), fmt.ratio(r["ofa_params"], r["ded_params"]),
                     fmt.seconds(r["ofa_time"]), fmt.seconds(r["ded_time"]), fmt.ratio(r["ofa_time"], r["ded_time"]),
                     measured])
-    header = (SETTING_COLS if multi else []) + ["method", "λ points", "params stored", "dedicated params", "ratio",
+    header = (SETTING_COLS if multi else []) + ["method", "λ scored", "params stored", "dedicated params", "ratio",
                                                 "train time", "dedicated time", "ratio", "dedicated λ measured"]
     if not T.has(dial, "ofa_params"):  # no parameter counts in the run: leave their columns out
         cut = len(header) - 7
         header = header[:cut] + header[cut + 3:]
         rows = [r[:cut] + r[cut + 3:] for r in rows]
     return Table("dial", "Cost of the dial", header, rows,
-                 "params stored: stored_params (else params) of the one model; dedicated: one model per λ of its "
-                 "grid; dedicated λ measured: how many of those λ have a dedicated model in this run (the others "
-                 "are estimated from the mean adversarially trained one). Where the run has dedicated models of "
+                 "params stored: stored_params (else params) of the one model; dedicated: one model per λ this "
+                 "run scored it at (λ scored: so a run scored at fewer λ, with --lambdas, shows a smaller ratio); "
+                 "dedicated λ measured: how many of those λ have a dedicated model in this run (the others are "
+                 "estimated from the mean adversarially trained one; no time where there is none). Where the run has dedicated models of "
                  "several methods or machines, one method's are used and named: those trained like the "
                  "once-for-all model (device and precision) where there are such, else the method with the most "
                  "models.")
 
 
-def check_tables(table: pd.DataFrame, methods: list[str]) -> list:
+def check_tables(table: pd.DataFrame, methods: list[str], multi: bool = False) -> list:
     out = []
     flags = T.flags(table)
     if len(flags):
         hit = _sorted(flags[flags["flagged"]], methods, extra=("train_lambda", "lambda", "check"))
-        rows = [[_model(r), fmt.lam(r["lambda"]) if r["lambda"] >= 0 else "all", r["check"], r["attack"] or fmt.DASH,
-                 f"⚠ flagged (seed {r['seeds']})", describe(r["check"])] for _, r in hit.iterrows()]
+        rows = [_setting_cells(r, multi) + [_model(r), fmt.lam(r["lambda"]) if r["lambda"] >= 0 else "all",
+                                             r["check"], r["attack"] or fmt.DASH, f"⚠ flagged (seed {r['seeds']})",
+                                             describe(r["check"])] for _, r in hit.iterrows()]
         for check, g in flags.groupby("check"):  # the checks that passed, one summary row each
             ok = int((~g["flagged"]).sum())
             if ok:
-                rows.append(["all models", fmt.DASH, check, ", ".join(sorted(set(g["attack"]) - {""})) or fmt.DASH,
-                             f"passed at {ok} of {len(g)} points", describe(check)])
-        out.append(Table("flags", "Sanity-check flags", ["model", "λ", "check", "attack", "result", "what it checks"],
+                rows.append([""] * (3 * multi) + ["all models", fmt.DASH, check,
+                            ", ".join(sorted(set(g["attack"]) - {""})) or fmt.DASH,
+                            f"passed at {ok} of {len(g)} points", describe(check)])
+        out.append(Table("flags", "Sanity-check flags", (SETTING_COLS if multi else [])
+                         + ["model", "λ", "check", "attack", "result", "what it checks"],
                          rows, f"{int(flags['flagged'].sum())} of {len(flags)} checks flagged; flagged points one "
                          "per row, passed checks counted.", [True] * len(hit) + [False] * (len(rows) - len(hit))))
     acc = T.checks(table)
     if len(acc):
-        rows = [[_model(r), fmt.lam(r["lambda"]), r["attack"], fmt.eps(r["eps"]), fmt.acc(r["mean"], r["std"])]
+        rows = [_setting_cells(r, multi) + [_model(r), fmt.lam(r["lambda"]), r["attack"], fmt.eps(r["eps"]),
+                                             fmt.acc(r["mean"], r["std"])]
                 for _, r in _sorted(acc, methods, extra=("train_lambda", "lambda", "attack")).iterrows()]
-        out.append(Table("check-acc", "Extra attacks run for the checks", ["model", "λ", "attack", "ε", "accuracy (%)"],
+        out.append(Table("check-acc", "Extra attacks run for the checks", (SETTING_COLS if multi else [])
+                         + ["model", "λ", "attack", "ε", "accuracy (%)"],
                           rows, "check_acc rows: attacks run only for the sanity checks, not plotted."))
     return out
 

@@ -148,6 +148,11 @@ def config_from_args(args):
         check_lambda(lam)
     if cfg.eval.lambdas == ():
         raise LambenchError("--lambdas is empty; give lambdas such as 0,0.5,1")
+    if cfg.eval.attacks == ():
+        raise LambenchError("--eval is empty; give attacks such as pgd20 (clean accuracy is always measured)")
+    if args.run is not None and (args.run in ("", ".", "..") or any(c in args.run for c in "/\\")):
+        raise LambenchError(f"--run {args.run!r} is not a folder name; give a name such as smoke (results go to "
+                            f"<out>/<run>/)")
     if args.clean_floor is not None and not 0 <= args.clean_floor <= 1:
         raise LambenchError(f"--clean-floor {args.clean_floor} is outside [0, 1]; give a fraction, e.g. 0.8")
     return cfg, overrides

@@ -109,12 +109,26 @@ def _npz(name, root, *subdirs):
         raise _missing(name, root)
     for folder in _candidates(root, *subdirs):
         if (folder / "train.npz").is_file() and (folder / "test.npz").is_file():
-            tr, te = np.load(folder / "train.npz"), np.load(folder / "test.npz")
-            x_tr, x_te = tr["x"], te["x"]
-            if x_tr.ndim == 3:
-                x_tr, x_te = x_tr[..., None], x_te[..., None]
-            return x_tr.astype(np.uint8), tr["y"].astype(np.int64), x_te.astype(np.uint8), te["y"].astype(np.int64)
+            return (*_npz_split(folder / "train.npz"), *_npz_split(folder / "test.npz"))
     raise _missing(name, root, "expected train.npz and test.npz with x uint8 [N,H,W,C] and y")
+
+
+def _npz_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """x uint8 [N, H, W, C] (or [N, H, W]) and y of one .npz; anything else is a one-line error."""
+    want = "x uint8 [N,H,W,C] (pixels 0..255) and y integer labels"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            x, y = f["x"], f["y"]
+    except KeyError as exc:
+        raise DataError(f"{path} has no {exc.args[0].split()[0]!r} array; it must hold {want}") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path} is not a readable .npz ({type(exc).__name__}); it must hold {want}") from None
+    if x.dtype != np.uint8:
+        raise DataError(f"{path}: x is {x.dtype}, not uint8; store pixels as 0..255, e.g. "
+                        f"np.round(x * 255).astype(np.uint8) for values in [0, 1]")
+    if x.ndim not in (3, 4) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: x {x.dtype}{list(x.shape)} and y {y.dtype}{list(y.shape)}; it must hold {want}")
+    return (x[..., None] if x.ndim == 3 else x), y.astype(np.int64)
 
 
 @register_dataset("npz", eps=8 / 255, pad=4, flip=True)
@@ -166,11 +180,15 @@ def _svhn(root):
 def _read_idx_gz(path: Path) -> np.ndarray:
     """Read an IDX file (MNIST family), gzipped or not, without unpacking it next to itself."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()  # writable
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        ndim = raw[3]
+        dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()  # writable
+    except (OSError, EOFError, ValueError, IndexError) as exc:  # cut short, not gzip, not IDX
+        raise DataError(f"{path} is damaged ({type(exc).__name__}: not a whole IDX file); replace it with the "
+                        f"original") from None
 
 
 @register_dataset("fashion_mnist", eps=0.1, pad=2, flip=True)
@@ -198,6 +216,7 @@ def load_dataset(name: str, root: str | None = None, subset: int | None = None) 
     if name not in _LOADERS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
     x_tr, y_tr, x_te, y_te = _LOADERS[name](data_root(root))
+    _check(name, x_tr, y_tr, x_te, y_te)
     if subset is not None:
         if subset < 1:
             raise DataError(f"--subset must be a positive number of training examples, got {subset}")
@@ -214,6 +233,19 @@ def load_dataset(name: str, root: str | None = None, subset: int | None = None) 
     arrays = [np.ascontiguousarray(a) for a in (x_tr, y_tr, x_te, y_te)]
     return Dataset(info, nchw(x_tr), torch.from_numpy(y_tr), nchw(x_te), torch.from_numpy(y_te),
                    digest((f"{a.dtype}{a.shape}", a.data) for a in arrays))
+
+
+def _check(name: str, x_tr, y_tr, x_te, y_te) -> None:
+    """Training and test splits that fit together: as many labels as images, one image shape, labels >= 0."""
+    for split, x, y in (("training", x_tr, y_tr), ("test", x_te, y_te)):
+        if len(x) == 0 or len(x) != len(y):
+            raise DataError(f"dataset {name!r}: the {split} split has {len(x)} images and {len(y)} labels; it "
+                            f"needs as many of each, and at least one")
+        if y.min() < 0:
+            raise DataError(f"dataset {name!r}: the {split} labels include {y.min()}; labels must be 0..K-1")
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise DataError(f"dataset {name!r}: training images are {list(x_tr.shape[1:])} (H, W, C) but test images "
+                        f"{list(x_te.shape[1:])}; both splits must have one shape")
 
 
 # --- on-device batching and augmentation ---------------------------------------------------------------------

@@ -14,8 +14,13 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, ValueError):
         raise LambenchError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # mps, meta, xpu, ...: lambench trains and measures on these two
+        raise LambenchError(f"--device {name}: lambench runs on cpu or cuda only; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LambenchError(f"--device {name} asked for, but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise LambenchError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); use "
+                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

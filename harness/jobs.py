@@ -121,7 +121,8 @@ def _said(differences: list[str]) -> str:
     return ", ".join(differences[:3]) + (f" and {len(differences) - 3} more" if len(differences) > 3 else "")
 
 
-def _stored(path: Path, fix: str = "delete it, or rerun with --force to redo that job") -> dict | None:
+def _stored(path: Path, fix: str = "delete its folder (rerunning the command then redoes that job alone)"
+            ) -> dict | None:
     if not path.exists():
         return None
     try:

@@ -28,7 +28,8 @@ from .evaluate import evaluate
 from .executor import ExecutorConfig, check as check_executor, submit_and_wait
 from .jobs import (Job, check_run_agrees, dedicated_hint, eval_settings, expand_jobs, identity, job_state,
                    jsonable, rescored, to_do)
-from .store import LambdaRows, assemble, fingerprint, result_row, write_csv, write_json, write_text
+from .store import (ROWS_DIGEST, LambdaRows, assemble, fingerprint, result_row, rows_digest, write_csv, write_json,
+                    write_text)
 from .train import train
 
 
@@ -51,7 +52,11 @@ def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command:
     if hint:
         log(hint)
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # --out is a file, read-only, ...
+            raise LambenchError(f"cannot make the run folder {run_dir} ({type(exc).__name__}: {exc.strerror}); "
+                                f"pick another --out") from None
         write_json(run_dir / "run.json", {"command": command or "", "config": jsonable(dataclasses.asdict(cfg)),
                                           "device": device_name(device), "versions": versions(),
                                           "processes": distributed.world_size(), "executor": ex.kind})
@@ -198,7 +203,8 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     write_text(job_dir / "warnings.txt", "".join(line + "\n" for line in warnings))
     (job_dir / "eval.json").unlink(missing_ok=True)  # it describes the rows.csv written next, not the old one
     write_csv(job_dir / "rows.csv", pd.DataFrame([meta | {k: v for k, v in r.items() if k != "detail"} for r in rows]))
-    write_json(job_dir / "eval.json", eval_settings(job, cfg))  # last: it marks the rows as these settings'
+    # last: it marks the rows as these settings' (and as these rows: a rows.csv cut short is scored again)
+    write_json(job_dir / "eval.json", eval_settings(job, cfg) | {ROWS_DIGEST: rows_digest(job_dir / "rows.csv")})
     _log_rows(rows, log)
     for line in warnings:
         log(f"  {line}")

@@ -45,8 +45,8 @@ def read_json(path: Path):
     try:
         return json.loads(Path(path).read_text())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{path} is damaged ({type(exc).__name__}); delete it, or rerun with --force to "
-                         f"redo that job") from None
+        raise StoreError(f"{path} is damaged ({type(exc).__name__}); delete its folder (rerunning the command "
+                         f"then redoes that job alone)") from None
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
@@ -79,8 +79,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}); "
-                              f"delete it or rerun with --force to retrain that job") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}); delete it "
+                              f"(rerunning the command then retrains that job alone)") from None
 
 
 def assemble(run_dir: Path) -> pd.DataFrame:
@@ -96,16 +96,31 @@ def assemble(run_dir: Path) -> pd.DataFrame:
 
 
 def finished_settings(job_dir: Path) -> dict | None:
-    """The evaluation settings of the job's finished rows.csv: its eval.json, written after it. None where
-    there is no rows.csv, no eval.json (a job being evaluated again: its old rows are not the run's until new
-    ones replace them) or a damaged one (the job is scored again; each lambda's rows are kept apart)."""
+    """The evaluation settings of the job's finished rows.csv: its eval.json, written after it, without the
+    rows' digest it keeps. None where there is no rows.csv, no eval.json (a job being evaluated again: its old
+    rows are not the run's until new ones replace them), a damaged one, or a rows.csv that is not the one
+    eval.json was written for (cut short or edited): the job is scored again, from each lambda's rows kept
+    apart where they are still there."""
     if not (job_dir / "rows.csv").exists():
         return None
     try:
         settings = read_json(job_dir / "eval.json")
+        if not isinstance(settings, dict):
+            return None
+        written = settings.pop(ROWS_DIGEST, None)  # an older lambench's eval.json has none: taken as it is
+        if written is not None and written != rows_digest(job_dir / "rows.csv"):
+            return None
     except (StoreError, OSError):
         return None
-    return settings if isinstance(settings, dict) else None
+    return settings
+
+
+#: the key of eval.json that holds a digest of the rows.csv it was written for
+ROWS_DIGEST = "rows_digest"
+
+
+def rows_digest(path: Path) -> str:
+    return digest([("rows.csv", Path(path).read_bytes())])
 
 
 def _read_rows(path: Path) -> pd.DataFrame:
@@ -113,7 +128,7 @@ def _read_rows(path: Path) -> pd.DataFrame:
         return pd.read_csv(path)
     except (ValueError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
         raise StoreError(f"{path} is damaged ({type(exc).__name__}); delete it (rerunning the command "
-                         f"scores that job again) or rerun with --force") from None
+                         f"then scores that job again)") from None
 
 
 class LambdaRows:
@@ -140,7 +155,8 @@ class LambdaRows:
             saved = read_json(self._path(variant, lam))
         except StoreError:  # a file cut short is not a result
             return None
-        if saved.get("settings") != self.settings or saved.get("lambda") != lam:
+        if (not isinstance(saved, dict) or saved.get("settings") != self.settings or saved.get("lambda") != lam
+                or not isinstance(saved.get("rows"), list)):  # another's, or edited: not this lambda's rows
             return None
         self.reused_s += saved.get("seconds", 0.0)
         return saved["rows"]

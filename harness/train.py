@@ -120,10 +120,10 @@ def train(method, model, data: Dataset, cfg: TrainConfig, job_dir: Path, device:
             history, start = state["history"], state["epoch"]
         except torch.OutOfMemoryError:
             raise
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
             raise CheckpointError(f"checkpoint {ckpt} does not fit this job ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0][:120]}); delete it or rerun with --force to "
-                                  f"retrain that job") from None
+                                  f"{str(exc).splitlines()[0][:120]}); delete it (rerunning the command then "
+                                  f"retrains that job alone)") from None
         if state.get("finished"):
             return history
         log(f"resuming {job_dir.name} from epoch {start}/{cfg.epochs}")
@@ -201,7 +201,8 @@ def _epoch(method, model, step, loader, opt, sched, cfg, device, precision, epoc
             mean_loss = totals[0] / totals[2]
             if not math.isfinite(mean_loss):
                 raise TrainingDiverged(f"{method.name}: loss became {mean_loss} in epoch {epoch + 1}; "
-                                       f"lower --lr (now {cfg.lr}) or use --precision fp32")
+                                       f"lower --lr (now {cfg.lr})"
+                                       + ("" if precision == "fp32" else " or use --precision fp32"))
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{totals[1] / totals[3]:.3f}",
                             img_s=f"{totals[2] / (time.perf_counter() - t0):.0f}")
     if device.type == "cuda":

@@ -16,7 +16,7 @@ from . import cost_figures, figures, style, tables as T
 from .document import Figure, Report, Section
 from .fmt import eps as fmt_eps
 from .load import Run
-from .notes import flag_line, missing, mixed_protocols
+from .notes import flag_line, missing, mixed_protocols, stale_results
 from .tabulate import check_tables, config_table, dial_table, model_table, operating_table, point_table
 
 
@@ -33,7 +33,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
     T.mark_flags(pts, all_flags)
     flagged = all_flags[all_flags["flagged"]]
     notes = missing(table, pts, run.info)
-    notes["tradeoff"][:0] = mixed_protocols(table, run.jobs)
+    notes["tradeoff"][:0] = stale_results(run) + mixed_protocols(table, run.jobs)
     settings = list(pts.groupby(T.SETTING).groups)
     robust = "aa" if T.has(pts, "aa") else "pgd"
     ops = T.operating_points(pts, robust, floors) if T.has(pts, robust) else pd.DataFrame()

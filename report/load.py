@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import LambenchError
+from harness.store import ROWS_DIGEST, finished_settings
 
 #: columns a report needs; the rest of store.COLUMNS are used when present
 REQUIRED = ("job", "method", "lambda", "metric", "value")
@@ -23,6 +24,8 @@ class Run:
     info: dict = field(default_factory=dict)
     #: job -> the settings its rows came from: "train" (its ``config.json``'s) and "eval" (its ``eval.json``)
     jobs: dict = field(default_factory=dict)
+    #: finished jobs whose own rows.csv results.csv does not hold as it is (results.csv cut short or edited)
+    stale: list = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -53,7 +56,23 @@ def load_run(run_dir) -> Run:
         raise LambenchError(f"results.csv in {run_dir} has no rows (no job has finished yet); run python "
                             f"run_all.py until at least one job finishes")
     table = _normalise(table)
-    return Run(run_dir, table, _info(run_dir), _jobs(run_dir, sorted(set(table["job"]))))
+    return Run(run_dir, table, _info(run_dir), _jobs(run_dir, sorted(set(table["job"]))), _stale(run_dir, table))
+
+
+def _stale(run_dir: Path, table: pd.DataFrame) -> list[str]:
+    """The finished jobs (rows.csv with its eval.json) of which results.csv holds another number of rows."""
+    counts = table["job"].value_counts()
+    out = []
+    for rows in sorted(run_dir.glob("*/rows.csv")):
+        if finished_settings(rows.parent) is None:
+            continue
+        try:
+            n = len(pd.read_csv(rows))
+        except (ValueError, OSError):  # the run's own check says so when it reads it
+            continue
+        if counts.get(rows.parent.name, 0) != n:
+            out.append(rows.parent.name)
+    return out
 
 
 def _normalise(table: pd.DataFrame) -> pd.DataFrame:
@@ -128,6 +147,7 @@ def _jobs(run_dir: Path, names: list[str]) -> dict:
                 continue
             loaded = loaded.get("train") if part == "train" and isinstance(loaded, dict) else loaded
             if isinstance(loaded, dict):
+                loaded.pop(ROWS_DIGEST, None)  # which rows.csv it was written for, not a setting
                 settings[part] = loaded
         if settings:
             out[name] = settings

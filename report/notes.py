@@ -129,6 +129,16 @@ def mixed_protocols(table: pd.DataFrame, jobs: dict) -> list[str]:
     return out
 
 
+def stale_results(run) -> list[str]:
+    """A warning where results.csv does not hold the finished jobs' own rows as they are."""
+    if not run.stale:
+        return []
+    jobs = ", ".join(run.stale[:3]) + (f" and {len(run.stale) - 3} more" if len(run.stale) > 3 else "")
+    return [f"⚠ results.csv does not hold the rows of {jobs} as their own rows.csv do (results.csv was cut short "
+            f"or edited): this report shows what results.csv holds; rerun the run's command (run.json) to "
+            f"reassemble it from the jobs' rows."]
+
+
 def _named(group: set, groups) -> str:
     """The methods of ``group`` ((method, seed) pairs); one that is in other groups too (its seeds were
     scored differently) with its seeds."""

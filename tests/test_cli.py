@@ -56,9 +56,10 @@ def test_corrupt_checkpoint(capsys, tmp_path):
     job.mkdir(parents=True)
     (job / "checkpoint.pt").write_bytes(b"not a checkpoint")
     code, err = _main(capsys, "--methods", "pgd_at", "--out", str(tmp_path), "--no-progress", "--epochs", "1")
-    assert code == 2 and "corrupt" in err and "--force" in err and err.count("\n") == 0
-    # --force is the named fix, and it works
-    code, err = _main(capsys, "--methods", "pgd_at", "--out", str(tmp_path), "--no-progress", "--epochs", "1", "--force",
+    assert code == 2 and "corrupt" in err and "delete it" in err and err.count("\n") == 0
+    # deleting it is the named fix (not --force, which would retrain every job of the command), and it works
+    (job / "checkpoint.pt").unlink()
+    code, err = _main(capsys, "--methods", "pgd_at", "--out", str(tmp_path), "--no-progress", "--epochs", "1",
                       "--aa", "off", "--no-report")
     assert code == 0, err
 
@@ -132,3 +133,24 @@ def test_lambdas_rescore_a_once_for_all_model_and_options_go_to_the_methods_that
     acc = pd.read_csv(tmp_path / "r" / "results.csv").query("metric == 'clean_acc' and method == 'oat'")
     assert sorted(acc["lambda"]) == [0.1, 0.9]
     assert checkpoint.stat().st_mtime_ns == trained, "a new evaluation grid must not retrain"
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--device", "mps"], "cpu or cuda only"),
+    (["--device", "meta"], "cpu or cuda only"),
+    (["--eval", ""], "--eval is empty"),
+    (["--run", "../elsewhere"], "not a folder name"),
+    (["--run", ""], "not a folder name"),
+])
+def test_bad_flags_are_one_line_errors(capsys, tmp_path, argv, says):
+    """Flags that once gave a traceback, told the user to delete a good checkpoint (--device meta), ran no
+    attack at all (--eval "") or wrote outside --out (--run ../x)."""
+    code, err = _main(capsys, "--methods", "pgd_at", "--out", str(tmp_path / "out"), "--no-progress", *argv)
+    assert code == 2 and says in err and err.count("\n") == 0
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_out_that_is_a_file_is_a_one_line_error(capsys, tmp_path):
+    (tmp_path / "afile").write_text("")
+    code, err = _main(capsys, "--methods", "pgd_at", "--out", str(tmp_path / "afile"), "--no-progress")
+    assert code == 2 and "pick another --out" in err and err.count("\n") == 0

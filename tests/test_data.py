@@ -332,3 +332,57 @@ def test_real_fashion_mnist():
     assert torch.equal(torch.bincount(d.y_train), torch.full((10,), 6000))
     assert torch.equal(torch.bincount(d.y_test), torch.full((10,), 1000))
     assert d.info.mean[0] == pytest.approx(0.2860, abs=1e-3)    # the well-known Fashion-MNIST mean
+
+
+def _one_line(err: DataError) -> str:
+    msg = str(err)
+    assert isinstance(err, LambenchError) and "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("not_zip", "not a readable .npz"),
+    ("no_x", "no 'x' array"),
+    ("float_x", "not uint8"),
+    ("flat_x", "it must hold"),
+    ("negative_label", "labels must be 0..K-1"),
+    ("few_labels", "as many of each"),
+    ("other_shape", "both splits must have one shape"),
+])
+def test_npz_that_does_not_fit_is_a_one_line_error(tmp_path, damage, says):
+    """Each way an npz can be wrong is refused when loading, naming what is wrong; none of them trains (a
+    float x in [0, 1] was cast to all-zero uint8 images before, and a test split of another shape trained)."""
+    raw = _write_npz(tmp_path)
+    x, y = raw["test"]
+    edits = {"not_zip": lambda: (tmp_path / "test.npz").write_bytes(b"not a zip"),
+             "no_x": lambda: np.savez(tmp_path / "test.npz", images=x, y=y),
+             "float_x": lambda: np.savez(tmp_path / "test.npz", x=x / 255.0, y=y),
+             "flat_x": lambda: np.savez(tmp_path / "test.npz", x=x.reshape(-1), y=y),
+             "negative_label": lambda: np.savez(tmp_path / "test.npz", x=x, y=y - 1),
+             "few_labels": lambda: np.savez(tmp_path / "test.npz", x=x, y=y[:-1]),
+             "other_shape": lambda: np.savez(tmp_path / "test.npz", x=x[:, :4], y=y)}
+    edits[damage]()
+    with pytest.raises(DataError) as exc:
+        load_dataset("npz", root=str(tmp_path))
+    assert says in _one_line(exc.value)
+
+
+@pytest.mark.parametrize("cut", ["short_gz", "junk"])
+def test_damaged_fashion_mnist_file_is_a_one_line_error(tmp_path, cut):
+    """A Fashion-MNIST file cut short (gzip) or holding junk names the file and the fix."""
+    import gzip
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.zeros((3, 4, 4), np.uint8)
+    idx = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in images.shape) + images.tobytes()
+    labels = bytes([0, 0, 8, 1]) + (3).to_bytes(4, "big") + bytes([0, 1, 2])
+    for split in ("train", "t10k"):
+        (raw / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx))
+        (raw / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    assert load_dataset("fashion_mnist", root=str(tmp_path)).x_train.shape == (3, 1, 4, 4)  # whole: it loads
+    bad = raw / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(gzip.compress(idx)[:-12] if cut == "short_gz" else gzip.compress(b"\x00\x00\x08\x03junk"))
+    with pytest.raises(DataError) as exc:
+        load_dataset("fashion_mnist", root=str(tmp_path))
+    msg = _one_line(exc.value)
+    assert str(bad) in msg and "damaged" in msg

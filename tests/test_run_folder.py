@@ -235,15 +235,18 @@ def test_damaged_store_files_are_one_line_errors_or_scored_again(tmp_path, capsy
     assert code == 0 and "done already" not in io.out and json.loads((job / "eval.json").read_text())["n"] == 16
     (job / "config.json").write_text('{"method": ')
     code, io = _main(capsys, *QUICK, *out)
-    assert code == 2 and io.err.count("\n") == 1 and "config.json is damaged" in io.err and "--force" in io.err
-    assert _main(capsys, *QUICK, *out, "--force")[0] == 0
+    assert code == 2 and io.err.count("\n") == 1 and "config.json is damaged" in io.err
+    assert "delete its folder" in io.err  # the named fix, for that job alone (--force would redo every job)
+    shutil.rmtree(job)
+    assert _main(capsys, *QUICK, *out)[0] == 0
     state = load_checkpoint(job / "checkpoint.pt")
     del state["rng"]
     save_checkpoint(job / "checkpoint.pt", state)
     (job / "eval.json").unlink()
     code, io = _main(capsys, *QUICK, *out)
-    assert code == 2 and io.err.count("\n") == 1 and "does not fit this job" in io.err and "--force" in io.err
-    assert _main(capsys, *QUICK, *out, "--force")[0] == 0
+    assert code == 2 and io.err.count("\n") == 1 and "does not fit this job" in io.err and "delete it" in io.err
+    (job / "checkpoint.pt").unlink()
+    assert _main(capsys, *QUICK, *out)[0] == 0
     for other, blocks in (("fast_at-digits-small_cnn-s0", False), ("pgd_at-digits-small_cnn-s1-tl1", True)):
         (tmp_path / "smoke" / other).mkdir()
         (tmp_path / "smoke" / other / "config.json").write_text("{")
@@ -316,3 +319,31 @@ def test_bad_numbers_are_one_line_errors_before_any_work(tmp_path, capsys, argv,
     code, io = _main(capsys, *QUICK, "--out", str(tmp_path), *argv)
     assert code == 2 and io.err.count("\n") == 1 and expected in io.err and io.err.startswith("lambench: error:")
     assert not any(tmp_path.iterdir()), "nothing written before the input is checked"
+
+
+def test_rows_cut_short_are_scored_again_and_a_results_csv_cut_short_is_warned_of(tmp_path, capsys):
+    """A rows.csv cut short still parses; it was taken as finished (results.csv lost rows, silently). Now
+    eval.json holds the digest of the rows.csv it was written for, so the job is scored again, to the same
+    accuracies (each lambda's saved rows, edited here into junk, are not reused). A results.csv cut short
+    beside whole rows.csv is the report's warning."""
+    from report.load import load_run
+    from report.notes import stale_results
+    out = ["--out", str(tmp_path)]
+    assert _main(capsys, *QUICK, *out)[0] == 0
+    run = tmp_path / "smoke"
+    full = pd.read_csv(run / "results.csv")
+    rows = run / JOB / "rows.csv"
+    rows.write_text(rows.read_text()[:300])
+    for saved in (run / JOB / "lambdas").glob("*.json"):
+        saved.write_text("[1]")
+    code, io = _main(capsys, *QUICK, *out)
+    assert code == 0 and "done already" not in io.out
+    again = pd.read_csv(run / "results.csv")
+    assert len(again) == len(full)
+    acc = ["clean_acc", "pgd_acc"]
+    assert again[again["metric"].isin(acc)]["value"].tolist() == full[full["metric"].isin(acc)]["value"].tolist()
+    assert _main(capsys, *QUICK, *out)[1].out.count("done already") == 1
+    assert stale_results(load_run(run)) == []
+    full.head(3).to_csv(run / "results.csv", index=False)
+    warned = stale_results(load_run(run))
+    assert len(warned) == 1 and JOB in warned[0] and "reassemble" in warned[0]

@@ -33,11 +33,21 @@ def _option(text):
 
 
 def _lambdas(text):
+    """Comma-separated lambdas, each a number or a range START:STOP:STEP (STOP included): 0:1:0.05."""
+    values = []
     try:
-        values = tuple(float(t) for t in text.split(",") if t.strip())
+        for part in (t.strip() for t in text.split(",")):
+            if part.count(":") == 2:
+                start, stop, step = map(float, part.split(":"))
+                if step <= 0 or stop < start:
+                    raise ValueError
+                count = int(round((stop - start) / step))
+                values += [round(start + i * step, 10) for i in range(count + 1) if start + i * step <= stop + 1e-9]
+            elif part:
+                values.append(float(part))
     except ValueError:
-        raise LambenchError(f"cannot read {text!r}; write lambdas as e.g. 0,0.1,1") from None
-    return values
+        raise LambenchError(f"cannot read {text!r}; write lambdas as e.g. 0,0.1,1 or a range 0:1:0.05") from None
+    return tuple(values)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--eval", type=_csv(), help="comma list of attacks: pgd20 (default), pgd50x10, pgdK[xR]")
     e.add_argument("--lambdas", type=_lambdas,
                    help="once-for-all methods: score at these lambdas instead of the method's grid, e.g. "
-                        "0,0.05,0.1,...; no retraining (oat needs --opt encoding=scalar for lambdas it was not "
+                        "0,0.5,1 or the range 0:1:0.05 (stop included); no retraining (oat needs --opt encoding=scalar for lambdas it was not "
                         "trained at; dedicated models such as pgd_at keep the lambda they were trained at)")
     e.add_argument("--eval-n", type=int, help="evaluate on the first N test examples (default: all)")
     e.add_argument("--eval-batch-size", type=int)

@@ -78,7 +78,7 @@ def evaluate(method, model, data: Dataset, cfg: EvalConfig, eps: float, seed: in
              progress: bool = True, scored: LambdaRows | None = None) -> list[dict]:
     """Rows ``{lambda, metric, value, attack, n[, eps, precision, detail]}`` for every lambda of
     ``method.eval_grid(cfg.lambdas)`` (the method's grid unless ``--lambdas`` gave one), then per-job rows
-    (lambda NaN): ``params``, ``stored_params``; for a method with several variants (OATS's widths) all of
+    (lambda NaN): ``params``, ``stored_params``, ``grid_lambdas``; for a method with several variants (OATS's widths) all of
     them per variant, with ``method`` = ``<name>-<variant>``. ``scored`` keeps each scored lambda's rows
     (and gives back those an earlier evaluation scored under the same settings); one process only."""
     if cfg.aa not in AA_MODES:
@@ -139,6 +139,8 @@ def _score(method, model, x, y, loader, sub, cfg: EvalConfig, eps: float, seed: 
                 stored = complexity.union(stored, complexity.used_masks(forward, model, x_img[:1]))
         rows += [result_row(NAN, "params", complexity.params(model), NAN, precision="fp32"),
                  result_row(NAN, "stored_params", complexity.count(stored), NAN, precision="fp32")]
+    # how many lambdas the method's own grid holds: the dedicated models one once-for-all model stands for
+    rows.append(result_row(NAN, "grid_lambdas", len(method.lambda_grid()), NAN))
     if cfg.checks:
         rows += checks.flag_rows(rows)
     return rows

@@ -51,24 +51,29 @@ def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command:
     hint = dedicated_hint(cfg)
     if hint:
         log(hint)
-    if main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # --out is a file, read-only, ...
-            raise LambenchError(f"cannot make the run folder {run_dir} ({type(exc).__name__}: {exc.strerror}); "
-                                f"pick another --out") from None
-        write_json(run_dir / "run.json", {"command": command or "", "config": jsonable(dataclasses.asdict(cfg)),
-                                          "device": device_name(device), "versions": versions(),
-                                          "processes": distributed.world_size(), "executor": ex.kind})
-    distributed.barrier()
+
+    def start() -> None:
+        """The run folder and its run.json: once every check has passed (a refused or failed command leaves
+        the folder, and the run.json describing its results, as they were)."""
+        if main:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # --out is a file, read-only, ...
+                raise LambenchError(f"cannot make the run folder {run_dir} ({type(exc).__name__}: "
+                                    f"{exc.strerror}); pick another --out") from None
+            write_json(run_dir / "run.json", {"command": command or "", "config": jsonable(dataclasses.asdict(cfg)),
+                                              "device": device_name(device), "versions": versions(),
+                                              "processes": distributed.world_size(), "executor": ex.kind})
+        distributed.barrier()
     if ex.kind != "local":
-        return _submit(cfg, jobs, run_dir, ex, log)
+        return _submit(cfg, jobs, run_dir, ex, log, start)
     # each dataset loaded once, kept on the device as uint8
     datasets = {name: load_dataset(name, cfg.data_root, cfg.subset).to(device)
                 for name in dict.fromkeys(job.dataset for job in jobs)}
     fingerprints = {name: d.fingerprint for name, d in datasets.items()}
     check_run_agrees(jobs, cfg, run_dir, fingerprints)
     todo = to_do(jobs, cfg, run_dir, fingerprints)  # a job trained otherwise is refused here, before any work
+    start()
     _unmark(rescored(todo, cfg, run_dir), run_dir, main)
     for i, job in enumerate(jobs, 1):
         log(f"[{i}/{len(jobs)}] {job.name}")
@@ -99,7 +104,7 @@ def _quiet(*args, **kwargs) -> None:
     """The log of ranks other than 0: rank 0 speaks for the job."""
 
 
-def _submit(cfg: RunConfig, jobs: list[Job], run_dir: Path, ex: ExecutorConfig, log) -> pd.DataFrame:
+def _submit(cfg: RunConfig, jobs: list[Job], run_dir: Path, ex: ExecutorConfig, log, start) -> pd.DataFrame:
     """Submit the unfinished jobs (each its own task), wait, assemble the table from every finished job."""
     # the data's fingerprints, read here (on the CPU) as the tasks will read them
     data = {name: load_dataset(name, cfg.data_root, cfg.subset).fingerprint
@@ -111,6 +116,7 @@ def _submit(cfg: RunConfig, jobs: list[Job], run_dir: Path, ex: ExecutorConfig, 
     # (each task drops its job's eval.json when it starts: dropping them here, before the submission is
     # accepted, would empty the run's table for a refused one)
     todo = to_do(jobs, cfg, run_dir, data)
+    start()
     log(f"{len(jobs) - len(todo)} finished already, {len(todo)} to run")
     failures = submit_and_wait(cfg, todo, run_dir, ex, log)
     # a task that failed before it started its job left that job's old rows, which the others' new ones

@@ -87,7 +87,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                 f"dial{suffix}", f"Cost of the dial{label}",
                 "Solid: one once-for-all model covering its whole λ grid. Hatched: one dedicated model per λ of "
                 "that grid, from this run's dedicated models (the model trained at that λ where there is one, "
-                "else the mean of the adversarially trained ones). Ratios over each pair.",
+                "else the mean of the adversarially trained ones). Over each pair: dedicated ÷ one.",
                 partial(cost_figures.draw_dial_cost, dial=d, methods=methods), (11, 4.6)))
         if len(o) and floor is not None:
             reached = set(o.loc[o["pick"].isin(["floor", "both"]), "method"])

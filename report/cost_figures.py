@@ -136,7 +136,7 @@ def draw_dial_cost(fig, dial: pd.DataFrame, methods: list[str]) -> None:
                 ax.text(i + 0.2, a * (1.03 if spread else 0.05), why, ha="center", va="bottom", fontsize=8,
                         color="0.3")
         ax.set_xticks(np.arange(len(order)), [f"{style.mpl_text(style.display(m))}\n"
-                      f"({int(dial.loc[dial['method'] == m, 'lambdas'].iloc[0])} λ scored)" for m in order])
+                      f"({int(dial.loc[dial['method'] == m, 'lambdas'].iloc[0])} grid λ)" for m in order])
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.margins(y=0.15)

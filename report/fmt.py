@@ -71,9 +71,12 @@ def ratio(a, b) -> str:
     return f"×{r:.1f}" if r < 100 else f"×{r:,.0f}"
 
 
-def eps(v) -> str:
-    """An L-inf budget, as k/255 when it is one."""
+def eps(v, like=None) -> str:
+    """An L-inf budget, as k/255 when it is one; with ``like`` (the job's own budget), as k/255 only when that
+    one is too, so 2ε of ε = 0.1 reads 0.2, not 51/255."""
     if _missing(v) or float(v) < 0:
         return DASH
     k = float(v) * 255
+    if like is not None and "/" not in eps(like):
+        return f"{float(v):g}"
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-3 and round(k) > 0 else f"{float(v):g}"

@@ -90,6 +90,12 @@ def missing(table: pd.DataFrame, pts: pd.DataFrame, info: dict) -> dict[str, lis
                              "compared.")
     if ofa and not has(pts, "train_time_s"):
         notes["dial"].append("No training times (train_time_s rows): the training cost is not compared.")
+    flagged_jobs = set(table.loc[table["metric"].str.startswith("flag:"), "job"])
+    unchecked = sorted({m for m, j in zip(table["method"], table["job"]) if j not in flagged_jobs})
+    if flagged_jobs and unchecked:
+        notes["checks"].append(f"No sanity-check rows for {', '.join(style.display(m) for m in unchecked)} "
+                               f"(scored with --checks off, or by an older lambench): the checks below say "
+                               f"nothing of {'it' if len(unchecked) == 1 else 'them'}.")
     if not table["metric"].str.startswith("flag:").any():
         notes["checks"].append("No sanity-check rows (flag:*, check_acc) in this run: the evaluation's sanity "
                                "checks did not run, so no result here is checked.")

@@ -50,7 +50,8 @@ def look(method: str, methods) -> dict:
     if base:
         siblings = sorted(m for m in set(methods) if _family(m) == base)
         i, r, n = KNOWN_ORDER.index(base), siblings.index(method), len(siblings)
-        t = 0.0 if n == 1 else -0.45 + 0.9 * r / (n - 1)  # < 0: towards black, > 0: towards white
+        t = 0.0 if n == 1 else -0.55 + 0.75 * r / (n - 1)  # < 0: towards black, > 0: towards white (a little:
+        # a pale hue, OATS's pink, lightened further would fade into the page)
         rgb = tuple(c * (1 + t) if t < 0 else c + (1 - c) * t for c in PALETTE[i % len(PALETTE)])
         return {"color": rgb, "marker": MARKERS[(i + r) % len(MARKERS)],
                 "linestyle": LINESTYLES[(i + r) % len(LINESTYLES)]}

@@ -18,7 +18,7 @@ POINT = MODEL + ["lambda"]
 ROBUST = {"pgd": "pgd_acc", "aa": "aa_acc"}
 POINT_METRICS = ("clean_acc", "clean_acc_std", "nonzero_params", "macs", "infer_latency_ms", "infer_throughput",
                  "infer_peak_mem_mb")
-JOB_METRICS = ("params", "stored_params", "train_time_s", "train_epoch_time_s", "train_images_per_s",
+JOB_METRICS = ("params", "stored_params", "grid_lambdas", "train_time_s", "train_epoch_time_s", "train_images_per_s",
                "train_peak_mem_mb", "epochs_trained", "eval_time_s")
 
 
@@ -159,19 +159,21 @@ def mark_flags(pts: pd.DataFrame, flags: pd.DataFrame) -> None:
 
 def dial_cost(pts: pd.DataFrame) -> pd.DataFrame:
     """Per once-for-all model: what it stores and costs to train versus one dedicated model per lambda of its
-    grid (the lambdas this run scored it at). Dedicated costs are the run's dedicated models' measurements: the
-    model trained at that lambda where there is one, else the mean of the adversarially trained (lambda > 0)
-    ones; no training time where a lambda > 0 would have to be estimated and none was trained adversarially."""
+    grid (``grid_lambdas``: the method's own grid, whatever lambdas the run scored; where a run did not record
+    it, the lambdas scored). Dedicated costs are the run's dedicated models' measurements: the models trained
+    at lambdas the run scored, and for the rest of the grid the mean of the adversarially trained (lambda > 0)
+    ones; no training time where the rest would have to be estimated and none was trained adversarially."""
     rows = []
     ofa = pts[pts["kind"] == "ofa"]
     for key, g in ofa.groupby(SETTING + ["method"]):
         setting = dict(zip(SETTING + ["method"], key))
         same = (pts[SETTING] == pd.Series(dict(zip(SETTING, key[:3])))).all(axis=1)
-        grid = sorted(g["lambda"].unique())
+        scored = sorted(g["lambda"].unique())
         one = g.iloc[0]
+        n = int(one["grid_lambdas"]) if pd.notna(one.get("grid_lambdas", np.nan)) else len(scored)
         choices = pts[same & (pts["kind"] == "dedicated")]
         ded = _dedicated(choices, one.get("trained_on"))
-        row = setting | {"lambdas": len(grid),
+        row = setting | {"lambdas": n,
                          "ofa_params": _first(one, "stored_params", "params"),
                          "ofa_time": one.get("train_time_s", np.nan),
                          "ded_models": len(ded), "ded_params": np.nan, "ded_time": np.nan, "ded_measured": 0,
@@ -179,15 +181,16 @@ def dial_cost(pts: pd.DataFrame) -> pd.DataFrame:
                          "ded_choices": choices["method"].nunique()}
         if not ded.empty:
             if has(ded, "params"):
-                row["ded_params"] = len(grid) * float(ded["params"].mean())
+                row["ded_params"] = n * float(ded["params"].mean())
             if has(ded, "train_time_s"):
                 by_lam = ded.groupby("train_lambda")["train_time_s"].mean().dropna()
                 adv = by_lam[by_lam.index > 0].mean()  # NaN when no adversarially trained one was timed
-                unmeasured = [lam for lam in grid if lam not in by_lam.index]
-                row["ded_measured"] = len(grid) - len(unmeasured)
-                # a λ > 0 model is never estimated from a standard-trained (λ = 0) one: far cheaper to train
-                if not (np.isnan(adv) and any(lam > 0 for lam in unmeasured)):
-                    row["ded_time"] = float(sum(by_lam.get(lam, adv) for lam in grid))
+                measured = [lam for lam in scored if lam in by_lam.index][:n]
+                rest = n - len(measured)
+                row["ded_measured"] = len(measured)
+                # the rest of the grid is never estimated from a standard-trained (λ = 0) model: far cheaper
+                if not (rest and np.isnan(adv)):
+                    row["ded_time"] = float(sum(by_lam[lam] for lam in measured) + (rest * adv if rest else 0.0))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -123,17 +123,19 @@ def dial_table(dial: pd.DataFrame, methods: list[str], multi: bool):
                     fmt.count(r["ofa_params"]), fmt.count(r["ded_params"]), fmt.ratio(r["ofa_params"], r["ded_params"]),
                     fmt.seconds(r["ofa_time"]), fmt.seconds(r["ded_time"]), fmt.ratio(r["ofa_time"], r["ded_time"]),
                     measured])
-    header = (SETTING_COLS if multi else []) + ["method", "λ scored", "params stored", "dedicated params", "ratio",
-                                                "train time", "dedicated time", "ratio", "dedicated λ measured"]
+    header = (SETTING_COLS if multi else []) + ["method", "grid λ", "params stored", "dedicated params",
+                                                "dedicated ÷ one", "train time", "dedicated time", "dedicated ÷ one",
+                                                "dedicated λ measured"]
     if not T.has(dial, "ofa_params"):  # no parameter counts in the run: leave their columns out
         cut = len(header) - 7
         header = header[:cut] + header[cut + 3:]
         rows = [r[:cut] + r[cut + 3:] for r in rows]
     return Table("dial", "Cost of the dial", header, rows,
-                 "params stored: stored_params (else params) of the one model; dedicated: one model per λ this "
-                 "run scored it at (λ scored: so a run scored at fewer λ, with --lambdas, shows a smaller ratio); "
-                 "dedicated λ measured: how many of those λ have a dedicated model in this run (the others are "
-                 "estimated from the mean adversarially trained one; no time where there is none). Where the run has dedicated models of "
+                 "params stored: stored_params (else params) of the one model; dedicated: one model per λ of "
+                 "the method's own grid (grid λ; --lambdas does not change it); dedicated ÷ one: how many times "
+                 "the one model's cost the dedicated models take; dedicated λ measured: how many of those λ have "
+                 "a dedicated model in this run (the others are estimated from the mean adversarially trained "
+                 "one; no time where there is none). Where the run has dedicated models of "
                  "several methods or machines, one method's are used and named: those trained like the "
                  "once-for-all model (device and precision) where there are such, else the method with the most "
                  "models.")
@@ -150,7 +152,7 @@ def check_tables(table: pd.DataFrame, methods: list[str], multi: bool = False) -
         for check, g in flags.groupby("check"):  # the checks that passed, one summary row each
             ok = int((~g["flagged"]).sum())
             if ok:
-                rows.append([""] * (3 * multi) + ["all models", fmt.DASH, check,
+                rows.append([""] * (3 * multi) + ["models checked", fmt.DASH, check,
                             ", ".join(sorted(set(g["attack"]) - {""})) or fmt.DASH,
                             f"passed at {ok} of {len(g)} points", describe(check)])
         out.append(Table("flags", "Sanity-check flags", (SETTING_COLS if multi else [])
@@ -159,7 +161,7 @@ def check_tables(table: pd.DataFrame, methods: list[str], multi: bool = False) -
                          "per row, passed checks counted.", [True] * len(hit) + [False] * (len(rows) - len(hit))))
     acc = T.checks(table)
     if len(acc):
-        rows = [_setting_cells(r, multi) + [_model(r), fmt.lam(r["lambda"]), r["attack"], fmt.eps(r["eps"]),
+        rows = [_setting_cells(r, multi) + [_model(r), fmt.lam(r["lambda"]), r["attack"], fmt.eps(r["eps"], r["job_eps"]),
                                              fmt.acc(r["mean"], r["std"])]
                 for _, r in _sorted(acc, methods, extra=("train_lambda", "lambda", "attack")).iterrows()]
         out.append(Table("check-acc", "Extra attacks run for the checks", (SETTING_COLS if multi else [])

@@ -154,3 +154,13 @@ def test_out_that_is_a_file_is_a_one_line_error(capsys, tmp_path):
     (tmp_path / "afile").write_text("")
     code, err = _main(capsys, "--methods", "pgd_at", "--out", str(tmp_path / "afile"), "--no-progress")
     assert code == 2 and "pick another --out" in err and err.count("\n") == 0
+
+
+def test_lambdas_take_ranges():
+    """--lambdas 0:1:0.05 (its end included) beside single values; a range that cannot be read is refused."""
+    assert run_all._lambdas("0:1:0.25") == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert run_all._lambdas("0, 0.5:1:0.5") == (0.0, 0.5, 1.0)
+    assert len(run_all._lambdas("0:1:0.05")) == 21
+    for bad in ("1:0:0.1", "0:1:0", "0:1:x"):
+        with pytest.raises(Exception, match="range 0:1:0.05"):
+            run_all._lambdas(bad)

@@ -163,6 +163,9 @@ def test_stored_params_cover_the_whole_lambda_range_whatever_lambdas_are_scored(
 
     whole, one = stored(None), stored((1.0,))
     assert one == whole
+    rows = evaluate(method, model, digits, EvalConfig(lambdas=(1.0,), **fast), eps=0.1, progress=False)
+    assert [r["value"] for r in rows if r["metric"] == "grid_lambdas"] == [len(method.lambda_grid())], \
+        "the grid's size, whatever --lambdas scored (the report's cost of the dial counts it)"
     with method.configure(model, 1.0) as forward:
         at_one = complexity.count(complexity.used_masks(forward, model, digits.x_test[:1].float() / 255))
     assert whole > at_one, "λ = 1 alone uses fewer entries than the whole range"

@@ -143,3 +143,40 @@ def test_settings_differing_in_eps_keep_their_own_figure_files(tmp_path):
     files = {k for k in out if k.startswith("figure:tradeoff")}
     assert files == {"figure:tradeoff-digits-small_cnn-eps0.1.png", "figure:tradeoff-digits-small_cnn-eps0.2.png"}
     assert len({out[k].read_bytes() for k in files}) == 2
+
+
+def test_dial_counts_the_methods_grid_not_the_lambdas_scored(tmp_path):
+    """FLOAT scored at 3 of its 11 λ (a denser --lambdas likewise): the dial still stands for one dedicated
+    model per λ of its grid (its grid_lambdas row); a run without that row counts the λ scored."""
+    def three(t):
+        t = t[t["lambda"].isna() | (t["method"] != "float") | t["lambda"].isin([0.0, 0.5, 1.0])]
+        jobs = t[t["metric"] == "train_time_s"]
+        grid = jobs.assign(metric="grid_lambdas", value=jobs["method"].map({"float": 11.0, "oat": 6.0}).fillna(1.0))
+        return pd.concat([t, grid], ignore_index=True)
+    _, pts = _pts(tmp_path, three)
+    dial = T.dial_cost(pts).set_index("method")
+    assert dial.loc["float", "lambdas"] == 11 and dial.loc["oat", "lambdas"] == 6
+    ded = pts[pts["kind"] == "dedicated"].set_index("train_lambda")["train_time_s"]
+    assert dial.loc["float", "ded_measured"] == 2  # λ = 0 and 1 have PGD-AT models; 9 more at λ = 1's time
+    assert dial.loc["float", "ded_time"] == pytest.approx(ded[0.0] + ded[1.0] + 9 * ded[1.0])
+    _, old = _pts(tmp_path, lambda t: three(t)[lambda d: d["metric"] != "grid_lambdas"], name="old")
+    assert T.dial_cost(old).set_index("method").loc["float", "lambdas"] == 3
+
+
+def test_models_run_without_checks_are_named(tmp_path):
+    """Checks ran on PGD-AT's jobs only: the summary row does not claim every model passed, and a note names
+    the methods no check looked at."""
+    def pgd_checked(t):
+        clean = t[(t["metric"] == "clean_acc") & (t["method"] == "pgd_at")]
+        return pd.concat([t, clean.assign(metric="flag:pgd_le_clean", attack="pgd20", value=0.0)], ignore_index=True)
+    report = build(load_run(_run(tmp_path, pgd_checked)))
+    flags = next(t for s in report.sections for t in s.tables if t.id == "flags")
+    assert flags.rows[0][0] == "models checked"
+    said = [n for n in report.notes if "No sanity-check rows for" in n]
+    assert len(said) == 1 and all(m in said[0] for m in ("Fast-AT", "OAT", "FLOAT")) and "PGD-AT" not in said[0]
+
+
+def test_a_check_budget_reads_like_its_jobs():
+    from report import fmt
+    assert fmt.eps(0.2, like=0.1) == "0.2" and fmt.eps(1.0, like=0.1) == "1"
+    assert fmt.eps(16 / 255, like=8 / 255) == "16/255" and fmt.eps(0.2) == "51/255"

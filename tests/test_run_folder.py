@@ -347,3 +347,17 @@ def test_rows_cut_short_are_scored_again_and_a_results_csv_cut_short_is_warned_o
     full.head(3).to_csv(run / "results.csv", index=False)
     warned = stale_results(load_run(run))
     assert len(warned) == 1 and JOB in warned[0] and "reassemble" in warned[0]
+
+
+def test_a_refused_command_leaves_the_run_folder_as_it_was(tmp_path, capsys):
+    """A command that stops before any work (data not found, a job trained otherwise) leaves run.json, the
+    report's record of how the results were produced, as it was, and makes no folder for a new run."""
+    out = ["--out", str(tmp_path)]
+    assert _main(capsys, *QUICK, *out)[0] == 0
+    before = (tmp_path / "smoke" / "run.json").read_text()
+    missing = ["--dataset", "npz", "--data-root", str(tmp_path / "nothing")]
+    assert _main(capsys, *QUICK, *out, *missing)[0] == 2
+    assert _main(capsys, *QUICK, *out, "--epochs", "2")[0] == 2  # trained otherwise: refused
+    assert (tmp_path / "smoke" / "run.json").read_text() == before
+    assert _main(capsys, *QUICK, *out, *missing, "--run", "fresh")[0] == 2
+    assert not (tmp_path / "fresh").exists()

@@ -158,8 +158,9 @@ def config_from_args(args):
         check_lambda(lam)
     if cfg.eval.lambdas == ():
         raise LambenchError("--lambdas is empty; give lambdas such as 0,0.5,1")
-    if cfg.eval.attacks == ():
-        raise LambenchError("--eval is empty; give attacks such as pgd20 (clean accuracy is always measured)")
+    if cfg.eval.attacks == () and cfg.eval.aa == "off":  # (AutoAttack alone, --eval '' --aa standard, is fine)
+        raise LambenchError("--eval is empty and --aa off: no attack would score robustness; give attacks such "
+                            "as --eval pgd20, or --aa standard")
     if args.run is not None and (args.run in ("", ".", "..") or any(c in args.run for c in "/\\")):
         raise LambenchError(f"--run {args.run!r} is not a folder name; give a name such as smoke (results go to "
                             f"<out>/<run>/)")

@@ -115,20 +115,33 @@ def _npz(name, root, *subdirs):
 
 def _npz_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """x uint8 [N, H, W, C] (or [N, H, W]) and y of one .npz; anything else is a one-line error."""
-    want = "x uint8 [N,H,W,C] (pixels 0..255) and y integer labels"
+    want = "x [N,H,W,C] of pixels 0..255 (uint8, or whole numbers of another type) and y integer labels"
     try:
-        with np.load(path, allow_pickle=False) as f:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):  # an .npy file under an .npz name
+            raise ValueError("one array, not an archive")
+        with f:
             x, y = f["x"], f["y"]
     except KeyError as exc:
         raise DataError(f"{path} has no {exc.args[0].split()[0]!r} array; it must hold {want}") from None
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path} is not a readable .npz ({type(exc).__name__}); it must hold {want}") from None
-    if x.dtype != np.uint8:
-        raise DataError(f"{path}: x is {x.dtype}, not uint8; store pixels as 0..255, e.g. "
-                        f"np.round(x * 255).astype(np.uint8) for values in [0, 1]")
-    if x.ndim not in (3, 4) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+    if x.ndim not in (3, 4) or y.ndim != 1 or not _whole(y, None):
         raise DataError(f"{path}: x {x.dtype}{list(x.shape)} and y {y.dtype}{list(y.shape)}; it must hold {want}")
-    return (x[..., None] if x.ndim == 3 else x), y.astype(np.int64)
+    if x.dtype != np.uint8 and not _whole(x, 255):  # floats in [0, 1] would all become 0
+        raise DataError(f"{path}: x ({x.dtype}, {x.min():g}..{x.max():g}) is not pixels 0..255; store them as "
+                        f"uint8, e.g. np.round(x * 255).astype(np.uint8) for values in [0, 1]")
+    return (x[..., None] if x.ndim == 3 else x).astype(np.uint8), y.astype(np.int64)
+
+
+def _whole(a: np.ndarray, top: int | None) -> bool:
+    """Whether ``a`` holds whole numbers (in 0..``top`` where given) of a numeric type."""
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        return False
+    if a.size == 0:
+        return True
+    whole = bool(np.all(np.mod(a, 1) == 0)) if np.issubdtype(a.dtype, np.floating) else True
+    return whole and (top is None or (a.min() >= 0 and a.max() <= top))
 
 
 @register_dataset("npz", eps=8 / 255, pad=4, flip=True)

@@ -28,8 +28,8 @@ class Rendered(dict):
 def render(run_dir, clean_floor: float | None = None, formats=FORMATS) -> dict[str, Path]:
     """Render the report of the run in ``run_dir``; return the paths written: "html", "pdf", and each
     figure's files as "figure:<name>.png" / "figure:<name>.pdf" (a ``Rendered`` dict). ``clean_floor`` (a
-    fraction in [0, 1]) picks the second operating point of the complexity figure; None: the run's best clean
-    accuracy minus 5 points. ``formats`` picks the outputs: "html" writes report.html and the figures as PNG,
+    fraction in [0, 1]) picks the second operating point of the complexity figure; None: each setting's best
+    clean accuracy minus 5 points. ``formats`` picks the outputs: "html" writes report.html and the figures as PNG,
     "pdf" writes report.pdf and the figures as PDF (vector, for papers)."""
     from .load import load_run
 

@@ -20,7 +20,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="the run's folder, holding results.csv (e.g. results/smoke)")
     p.add_argument("--clean-floor", type=float, metavar="FRACTION",
                    help="clean-accuracy floor for the complexity figure's second operating point, e.g. 0.8 "
-                        "(default: the run's best clean accuracy minus 0.05)")
+                        "(default: each setting's best clean accuracy minus 0.05)")
     p.add_argument("--format", default="html,pdf", help="comma list: html, pdf (default: both)")
     return p
 

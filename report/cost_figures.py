@@ -119,7 +119,7 @@ def draw_dial_cost(fig, dial: pd.DataFrame, methods: list[str]) -> None:
     for ax, (one, many, title, unit, ylabel, _) in zip(axes, shown):
         bars = pd.concat([dial[one], dial[many]]).dropna() / unit
         spread = len(bars) and bars.min() > 0 and bars.max() / bars.min() > 30
-        if spread:  # a ratio of 100x or more: a linear axis would flatten the smaller bars to nothing
+        if spread:  # a ratio over 30x: a linear axis would flatten the smaller bars to nothing
             ax.set_yscale("log")
         for i, m in enumerate(order):
             look = style.look(m, methods)

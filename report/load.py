@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.errors import LambenchError
@@ -60,17 +61,21 @@ def load_run(run_dir) -> Run:
 
 
 def _stale(run_dir: Path, table: pd.DataFrame) -> list[str]:
-    """The finished jobs (rows.csv with its eval.json) of which results.csv holds another number of rows."""
-    counts = table["job"].value_counts()
+    """The finished jobs (rows.csv with its eval.json) whose rows results.csv does not hold as they are (the
+    same metrics and values, in order)."""
     out = []
     for rows in sorted(run_dir.glob("*/rows.csv")):
         if finished_settings(rows.parent) is None:
             continue
         try:
-            n = len(pd.read_csv(rows))
+            own = pd.read_csv(rows)
         except (ValueError, OSError):  # the run's own check says so when it reads it
             continue
-        if counts.get(rows.parent.name, 0) != n:
+        held = table[table["job"] == rows.parent.name]
+        same = (len(held) == len(own) and held["metric"].astype(str).tolist() == own["metric"].astype(str).tolist()
+                and np.array_equal(pd.to_numeric(held["value"], errors="coerce").to_numpy(float),
+                                   pd.to_numeric(own["value"], errors="coerce").to_numpy(float), equal_nan=True))
+        if not same:
             out.append(rows.parent.name)
     return out
 

@@ -140,8 +140,9 @@ def stale_results(run) -> list[str]:
     if not run.stale:
         return []
     jobs = ", ".join(run.stale[:3]) + (f" and {len(run.stale) - 3} more" if len(run.stale) > 3 else "")
-    return [f"⚠ results.csv does not hold the rows of {jobs} as their own rows.csv do (results.csv was cut short "
-            f"or edited): this report shows what results.csv holds; rerun the run's command (run.json) to "
+    return [f"⚠ results.csv does not hold the rows of {jobs} as their own rows.csv do: it was cut short or "
+            f"edited, or the command is still running (it assembles results.csv as jobs finish). This report "
+            f"shows what results.csv holds; let the command finish, or rerun it (run.json says how), to "
             f"reassemble it from the jobs' rows."]
 
 

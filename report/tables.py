@@ -74,6 +74,8 @@ def points(table: pd.DataFrame) -> pd.DataFrame:
                                         f"{short}_attack": ("attack", _by_count)}).reset_index()
         tried = acc.groupby(POINT)["attack"].agg(lambda a: ", ".join(sorted(set(a)))).rename(f"{short}_attacks")
         pts = pts.merge(g, on=POINT, how="left").merge(tried.reset_index(), on=POINT, how="left")
+    if "clean_acc" not in pts:  # every clean value NaN: the point stays, without one
+        pts["clean_acc"] = np.nan
     jobs = _agg(t[t["lambda"].isna() & t["metric"].isin(JOB_METRICS)], MODEL)
     if not jobs.empty:
         pts = pts.merge(jobs, on=MODEL, how="left")

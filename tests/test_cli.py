@@ -138,7 +138,7 @@ def test_lambdas_rescore_a_once_for_all_model_and_options_go_to_the_methods_that
 @pytest.mark.parametrize("argv, says", [
     (["--device", "mps"], "cpu or cuda only"),
     (["--device", "meta"], "cpu or cuda only"),
-    (["--eval", ""], "--eval is empty"),
+    (["--eval", "", "--aa", "off"], "--eval is empty and --aa off"),
     (["--run", "../elsewhere"], "not a folder name"),
     (["--run", ""], "not a folder name"),
 ])
@@ -164,3 +164,10 @@ def test_lambdas_take_ranges():
     for bad in ("1:0:0.1", "0:1:0", "0:1:x"):
         with pytest.raises(Exception, match="range 0:1:0.05"):
             run_all._lambdas(bad)
+
+
+def test_autoattack_alone_is_a_protocol():
+    """--eval '' with AutoAttack on scores clean and AutoAttack accuracy only: accepted."""
+    cfg, _ = run_all.config_from_args(run_all.parser().parse_args(["--methods", "pgd_at", "--eval", "", "--aa",
+                                                                   "standard"]))
+    assert cfg.eval.attacks == () and cfg.eval.aa == "standard"

@@ -343,7 +343,8 @@ def _one_line(err: DataError) -> str:
 @pytest.mark.parametrize("damage, says", [
     ("not_zip", "not a readable .npz"),
     ("no_x", "no 'x' array"),
-    ("float_x", "not uint8"),
+    ("float_x", "is not pixels 0..255"),
+    ("npy", "not a readable .npz"),
     ("flat_x", "it must hold"),
     ("negative_label", "labels must be 0..K-1"),
     ("few_labels", "as many of each"),
@@ -357,6 +358,7 @@ def test_npz_that_does_not_fit_is_a_one_line_error(tmp_path, damage, says):
     edits = {"not_zip": lambda: (tmp_path / "test.npz").write_bytes(b"not a zip"),
              "no_x": lambda: np.savez(tmp_path / "test.npz", images=x, y=y),
              "float_x": lambda: np.savez(tmp_path / "test.npz", x=x / 255.0, y=y),
+             "npy": lambda: np.save((tmp_path / "test.npz").open("wb"), x),  # one array under an .npz name
              "flat_x": lambda: np.savez(tmp_path / "test.npz", x=x.reshape(-1), y=y),
              "negative_label": lambda: np.savez(tmp_path / "test.npz", x=x, y=y - 1),
              "few_labels": lambda: np.savez(tmp_path / "test.npz", x=x, y=y[:-1]),
@@ -386,3 +388,15 @@ def test_damaged_fashion_mnist_file_is_a_one_line_error(tmp_path, cut):
         load_dataset("fashion_mnist", root=str(tmp_path))
     msg = _one_line(exc.value)
     assert str(bad) in msg and "damaged" in msg
+
+
+def test_npz_of_whole_pixels_in_another_type_loads(tmp_path):
+    """Pixels 0..255 stored as int64 or as whole floats, labels as whole floats: the same data as uint8."""
+    raw = _write_npz(tmp_path)
+    x, y = raw["test"]
+    expected = load_dataset("npz", root=str(tmp_path))
+    np.savez(tmp_path / "test.npz", x=x.astype(np.int64), y=y.astype(np.float32))
+    assert torch.equal(load_dataset("npz", root=str(tmp_path)).x_test, expected.x_test)
+    np.savez(tmp_path / "test.npz", x=x.astype(np.float32), y=y)
+    d = load_dataset("npz", root=str(tmp_path))
+    assert torch.equal(d.x_test, expected.x_test) and torch.equal(d.y_test, expected.y_test)

@@ -180,3 +180,13 @@ def test_a_check_budget_reads_like_its_jobs():
     from report import fmt
     assert fmt.eps(0.2, like=0.1) == "0.2" and fmt.eps(1.0, like=0.1) == "1"
     assert fmt.eps(16 / 255, like=8 / 255) == "16/255" and fmt.eps(0.2) == "51/255"
+
+
+def test_a_run_without_any_clean_value_still_renders_its_tables(tmp_path):
+    """Every clean_acc NaN: the points stay (robust accuracy without clean), the report says so, no crash."""
+    def no_clean(t):
+        t.loc[t["metric"] == "clean_acc", "value"] = np.nan
+        return t
+    run, pts = _pts(tmp_path, no_clean)
+    assert pts["clean_acc"].isna().all() and pts["pgd"].notna().all()
+    assert any("hold no value" in n for n in build(run).notes)

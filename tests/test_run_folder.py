@@ -347,6 +347,8 @@ def test_rows_cut_short_are_scored_again_and_a_results_csv_cut_short_is_warned_o
     full.head(3).to_csv(run / "results.csv", index=False)
     warned = stale_results(load_run(run))
     assert len(warned) == 1 and JOB in warned[0] and "reassemble" in warned[0]
+    full.assign(value=full["value"].where(full["metric"] != "pgd_acc", 1.0)).to_csv(run / "results.csv", index=False)
+    assert len(stale_results(load_run(run))) == 1, "edited values, as many rows: still not the jobs' rows"
 
 
 def test_a_refused_command_leaves_the_run_folder_as_it_was(tmp_path, capsys):

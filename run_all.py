@@ -14,6 +14,7 @@ Every run ends with <out>/<run>/report.html and report.pdf (python -m report <ou
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 
@@ -39,14 +40,16 @@ def _lambdas(text):
         for part in (t.strip() for t in text.split(",")):
             if part.count(":") == 2:
                 start, stop, step = map(float, part.split(":"))
-                if step <= 0 or stop < start:
+                if not all(map(math.isfinite, (start, stop, step))) or step <= 0 or stop < start \
+                        or (stop - start) / step > 1000:  # (λ live in [0, 1]; more than 1,000 is a typo)
                     raise ValueError
                 count = int(round((stop - start) / step))
                 values += [round(start + i * step, 10) for i in range(count + 1) if start + i * step <= stop + 1e-9]
             elif part:
                 values.append(float(part))
-    except ValueError:
-        raise LambenchError(f"cannot read {text!r}; write lambdas as e.g. 0,0.1,1 or a range 0:1:0.05") from None
+    except (ValueError, OverflowError):
+        raise LambenchError(f"cannot read {text!r}; write lambdas as e.g. 0,0.1,1 or a range 0:1:0.05 (at most "
+                            f"1,000 steps)") from None
     return tuple(values)
 
 

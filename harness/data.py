@@ -126,22 +126,23 @@ def _npz_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path} has no {exc.args[0].split()[0]!r} array; it must hold {want}") from None
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path} is not a readable .npz ({type(exc).__name__}); it must hold {want}") from None
-    if x.ndim not in (3, 4) or y.ndim != 1 or not _whole(y, None):
+    if x.ndim not in (3, 4) or y.ndim != 1 or not _whole(y, -2**31, 2**31):  # (negative: named by _check)
         raise DataError(f"{path}: x {x.dtype}{list(x.shape)} and y {y.dtype}{list(y.shape)}; it must hold {want}")
-    if x.dtype != np.uint8 and not _whole(x, 255):  # floats in [0, 1] would all become 0
-        raise DataError(f"{path}: x ({x.dtype}, {x.min():g}..{x.max():g}) is not pixels 0..255; store them as "
-                        f"uint8, e.g. np.round(x * 255).astype(np.uint8) for values in [0, 1]")
-    return (x[..., None] if x.ndim == 3 else x).astype(np.uint8), y.astype(np.int64)
+    if x.dtype != np.uint8 and not _whole(x, 0, 255):  # floats in [0, 1] would all become 0
+        span = f", {x.min():g}..{x.max():g}" if x.size and np.issubdtype(x.dtype, np.number) else ""
+        raise DataError(f"{path}: x ({x.dtype}{span}) is not pixels 0..255; store them as uint8, e.g. "
+                        f"np.round(x * 255).astype(np.uint8) for values in [0, 1]")
+    return (x[..., None] if x.ndim == 3 else x).astype(np.uint8, copy=False), y.astype(np.int64)
 
 
-def _whole(a: np.ndarray, top: int | None) -> bool:
-    """Whether ``a`` holds whole numbers (in 0..``top`` where given) of a numeric type."""
+def _whole(a: np.ndarray, lo: float, hi: float) -> bool:
+    """Whether ``a`` holds whole numbers in ``lo``..``hi`` of an integer or float type."""
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         return False
     if a.size == 0:
         return True
     whole = bool(np.all(np.mod(a, 1) == 0)) if np.issubdtype(a.dtype, np.floating) else True
-    return whole and (top is None or (a.min() >= 0 and a.max() <= top))
+    return whole and lo <= a.min() and a.max() <= hi
 
 
 @register_dataset("npz", eps=8 / 255, pad=4, flip=True)

@@ -132,10 +132,10 @@ def dial_table(dial: pd.DataFrame, methods: list[str], multi: bool):
         rows = [r[:cut] + r[cut + 3:] for r in rows]
     return Table("dial", "Cost of the dial", header, rows,
                  "params stored: stored_params (else params) of the one model; dedicated: one model per λ of "
-                 "the method's own grid (grid λ; --lambdas does not change it); dedicated ÷ one: how many times "
-                 "the one model's cost the dedicated models take; dedicated λ measured: how many of those λ have "
-                 "a dedicated model in this run (the others are estimated from the mean adversarially trained "
-                 "one; no time where there is none). Where the run has dedicated models of "
+                 "the method's own grid (grid λ; --lambdas does not change their number); dedicated ÷ one: how "
+                 "many times the one model's cost the dedicated models take; dedicated λ measured: how many of "
+                 "the λ this run scored have a dedicated model in it, timed as measured (the rest of the grid "
+                 "is costed as the mean adversarially trained one; no time where there is none). Where the run has dedicated models of "
                  "several methods or machines, one method's are used and named: those trained like the "
                  "once-for-all model (device and precision) where there are such, else the method with the most "
                  "models.")

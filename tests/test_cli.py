@@ -152,7 +152,7 @@ def test_lambdas_take_ranges():
     assert run_all._lambdas("0:1:0.25") == (0.0, 0.25, 0.5, 0.75, 1.0)
     assert run_all._lambdas("0, 0.5:1:0.5") == (0.0, 0.5, 1.0)
     assert len(run_all._lambdas("0:1:0.05")) == 21
-    for bad in ("1:0:0.1", "0:1:0", "0:1:x"):
+    for bad in ("1:0:0.1", "0:1:0", "0:1:x", "0:1:1e-12", "0:inf:1", "0:1:inf"):  # 1e-12: 10^12 of them
         with pytest.raises(Exception, match="range 0:1:0.05"):
             run_all._lambdas(bad)
 

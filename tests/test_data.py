@@ -345,6 +345,8 @@ def _one_line(err: DataError) -> str:
     ("no_x", "no 'x' array"),
     ("float_x", "is not pixels 0..255"),
     ("npy", "not a readable .npz"),
+    ("text_x", "is not pixels 0..255"),
+    ("huge_label", "it must hold"),
     ("flat_x", "it must hold"),
     ("negative_label", "labels must be 0..K-1"),
     ("few_labels", "as many of each"),
@@ -358,6 +360,8 @@ def test_npz_that_does_not_fit_is_a_one_line_error(tmp_path, damage, says):
     edits = {"not_zip": lambda: (tmp_path / "test.npz").write_bytes(b"not a zip"),
              "no_x": lambda: np.savez(tmp_path / "test.npz", images=x, y=y),
              "float_x": lambda: np.savez(tmp_path / "test.npz", x=x / 255.0, y=y),
+             "text_x": lambda: np.savez(tmp_path / "test.npz", x=x.astype(str), y=y),
+             "huge_label": lambda: np.savez(tmp_path / "test.npz", x=x, y=y.astype(float) * 1e20),
              "npy": lambda: np.save((tmp_path / "test.npz").open("wb"), x),  # one array under an .npz name
              "flat_x": lambda: np.savez(tmp_path / "test.npz", x=x.reshape(-1), y=y),
              "negative_label": lambda: np.savez(tmp_path / "test.npz", x=x, y=y - 1),
@@ -400,3 +404,4 @@ def test_npz_of_whole_pixels_in_another_type_loads(tmp_path):
     np.savez(tmp_path / "test.npz", x=x.astype(np.float32), y=y)
     d = load_dataset("npz", root=str(tmp_path))
     assert torch.equal(d.x_test, expected.x_test) and torch.equal(d.y_test, expected.y_test)
+

@@ -103,8 +103,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--eval", type=_csv(), help="comma list of attacks: pgd20 (default), pgd50x10, pgdK[xR]")
     e.add_argument("--lambdas", type=_lambdas,
                    help="once-for-all methods: score at these lambdas instead of the method's grid, e.g. "
-                        "0,0.5,1 or the range 0:1:0.05 (stop included); no retraining (oat needs --opt encoding=scalar for lambdas it was not "
-                        "trained at; dedicated models such as pgd_at keep the lambda they were trained at)")
+                        "0,0.5,1 or the range 0:1:0.05 (stop included); no retraining (oat needs --opt "
+                        "encoding=scalar for lambdas it was not trained at; dedicated models such as pgd_at keep the lambda they were trained at)")
     e.add_argument("--eval-n", type=int, help="evaluate on the first N test examples (default: all)")
     e.add_argument("--eval-batch-size", type=int)
     e.add_argument("--aa", choices=["standard", "rand", "off"],

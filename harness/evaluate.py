@@ -78,8 +78,8 @@ def evaluate(method, model, data: Dataset, cfg: EvalConfig, eps: float, seed: in
              progress: bool = True, scored: LambdaRows | None = None) -> list[dict]:
     """Rows ``{lambda, metric, value, attack, n[, eps, precision, detail]}`` for every lambda of
     ``method.eval_grid(cfg.lambdas)`` (the method's grid unless ``--lambdas`` gave one), then per-job rows
-    (lambda NaN): ``params``, ``stored_params``, ``grid_lambdas``; for a method with several variants (OATS's widths) all of
-    them per variant, with ``method`` = ``<name>-<variant>``. ``scored`` keeps each scored lambda's rows
+    (lambda NaN): ``params``, ``stored_params``, ``grid_lambdas``; for a method with several variants (OATS's
+    widths) all of them per variant, with ``method`` = ``<name>-<variant>``. ``scored`` keeps each scored lambda's rows
     (and gives back those an earlier evaluation scored under the same settings); one process only."""
     if cfg.aa not in AA_MODES:
         raise LambenchError(f"unknown AutoAttack mode {cfg.aa!r}; use one of {', '.join(AA_MODES)}")

@@ -16,7 +16,7 @@ from . import cost_figures, figures, style, tables as T
 from .document import Figure, Report, Section
 from .fmt import eps as fmt_eps
 from .load import Run
-from .notes import flag_line, missing, mixed_protocols, stale_results
+from .notes import flag_line, missing, mixed_protocols, point_name, stale_results
 from .tabulate import check_tables, config_table, dial_table, model_table, operating_table, point_table
 
 
@@ -80,7 +80,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                 "no λ does), against parameters, MACs, training wall-clock and training peak memory. For "
                 "dedicated models, the one model at that λ." + (figures.FLAGGED_CAPTION if _flagged(o) else ""),
                 partial(cost_figures.draw_complexity, ops=o, robust=robust, methods=methods, floor=floor),
-                cost_figures.complexity_size(o), warnings=[_flag_point(r) for _, r in o.iterrows() if r["flags"]]))
+                cost_figures.complexity_size(o), warnings=[_flag_point(r) for _, r in o[T.flagged(o)].iterrows()]))
         d = dial[(dial[T.SETTING] == pd.Series(dict(zip(T.SETTING, setting)))).all(axis=1)] if len(dial) else dial
         if len(d) and (T.has(d, "ofa_params") or T.has(d, "ofa_time")):
             s_dial.figures.append(Figure(
@@ -118,13 +118,12 @@ def _pct(v) -> str:
 
 
 def _flagged(frame: pd.DataFrame) -> bool:
-    return "flags" in frame and (frame["flags"] != "").any()
+    return bool(T.flagged(frame).any())
 
 
 def _flag_point(r) -> str:
     """A flagged operating point, as a warning line under the complexity figure."""
-    model = "" if r["train_lambda"] < 0 else f" (model trained at λ={r['train_lambda']:g})"
-    return f"{style.display(r['method'])}{model} at λ={r['lambda']:g}: {r['flags']} flagged (see Sanity checks)"
+    return f"{point_name(r)}: {r['flags']} flagged (see Sanity checks)"
 
 
 def _in(row, setting) -> bool:

@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from harness.atomic import write_atomic
 
 from . import style
-from .tables import has, pareto
+from .tables import flagged, has, pareto
 
 ROBUST_NAMES = {"pgd": "PGD", "aa": "AutoAttack"}
 #: where each missing robust metric comes from, for the panel that stays empty
@@ -107,16 +107,14 @@ def plot_method(ax, pts: pd.DataFrame, method: str, methods, x: str, y: str, sca
 
 def ring_flagged(ax, xs, ys, rows: pd.DataFrame) -> None:
     """A red ring round each point of ``rows`` that a sanity check flagged (``flags``, from tables.mark_flags)."""
-    if "flags" not in rows:
-        return
-    hit = (rows["flags"].fillna("") != "").to_numpy()
+    hit = flagged(rows).to_numpy()
     if hit.any():
         ax.scatter(xs[hit], ys[hit], s=240, facecolors="none", edgecolors=FLAG_COLOR, linewidths=1.6, zorder=5)
 
 
 def flagged_handle(pts: pd.DataFrame) -> list:
     """The legend entry for the red rings, where ``pts`` has a flagged point."""
-    if "flags" not in pts or not (pts["flags"].fillna("") != "").any():
+    if not flagged(pts).any():
         return []
     return [Line2D([], [], marker="o", markersize=13, linestyle="none", markerfacecolor="none",
                    markeredgecolor=FLAG_COLOR, markeredgewidth=1.6, label="flagged by a sanity check")]

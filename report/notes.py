@@ -159,12 +159,16 @@ def _named(group: set, groups) -> str:
     return ", ".join(sorted(name(m) for m in methods(group)))
 
 
-def flag_line(row) -> str:
-    """One flagged check, as a line under the figure or table it concerns."""
+def point_name(row) -> str:
+    """A point (or, at lambda NONE, all of a model's points) in words: "PGD-AT (model trained at λ=1) at λ=1"."""
     model = "" if row["train_lambda"] < 0 else f" (model trained at λ={row['train_lambda']:g})"
     lam = "all λ" if row["lambda"] < 0 else f"λ={row['lambda']:g}"
+    return f"{style.display(row['method'])}{model} at {lam}"
+
+
+def flag_line(row) -> str:
+    """One flagged check, as a line under the figure or table it concerns."""
     attack = f" [{row['attack']}]" if row["attack"] else ""
     desc = describe(row["check"])
     seeds = f" (seed {row['seeds']})" if row["seeds"] else ""
-    return (f"{style.display(row['method'])}{model} at {lam}: {row['check']}{attack} flagged{seeds}"
-            + (f": {desc}" if desc else ""))
+    return f"{point_name(row)}: {row['check']}{attack} flagged{seeds}" + (f": {desc}" if desc else "")

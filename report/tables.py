@@ -64,7 +64,7 @@ def points(table: pd.DataFrame) -> pd.DataFrame:
     pts = per.groupby(POINT)["seed"].nunique().rename("seeds").reset_index()
     pts = pts.merge(_agg(per[per["metric"].isin(POINT_METRICS)], POINT), on=POINT, how="left")
     for short, metric in ROBUST.items():
-        acc = per[(per["metric"] == metric) & per["value"].notna()]
+        acc = per[per["metric"] == metric]
         if acc.empty:
             continue
         # each model's (seed's) strongest attack, then mean and std over seeds: the worst case per model,
@@ -146,6 +146,13 @@ def floors(pts: pd.DataFrame, given: float | None = None) -> dict[tuple, float |
         best = g["clean_acc"].max() if "clean_acc" in g else np.nan
         out[tuple(key)] = given if given is not None else (None if pd.isna(best) else round(float(best) - 0.05, 4))
     return out
+
+
+def flagged(frame: pd.DataFrame) -> pd.Series:
+    """Per row of ``frame`` (points, operating points): whether a sanity check flagged it (``mark_flags``)."""
+    if "flags" not in frame:
+        return pd.Series(False, index=frame.index)
+    return frame["flags"].fillna("") != ""
 
 
 def mark_flags(pts: pd.DataFrame, flags: pd.DataFrame) -> None:

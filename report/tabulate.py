@@ -97,8 +97,8 @@ def operating_table(ops: pd.DataFrame, robust: str, methods: list[str], multi: b
             ("train time", lambda r: fmt.seconds(r.get("train_time_s")), "train_time_s"),
             ("peak memory", lambda r: fmt.megabytes(r.get("train_peak_mem_mb")), "train_peak_mem_mb")]
     cols = [c for c in cols if T.has(ops, c[2])]
-    flagged = "flags" in ops and (ops["flags"].fillna("") != "").any()
-    if flagged:
+    any_flag = T.flagged(ops).any()
+    if any_flag:
         cols.append(("flags", lambda r: f"⚠ {r['flags']}" if r["flags"] else "", "flags"))
 
     def pick(r) -> str:
@@ -109,8 +109,8 @@ def operating_table(ops: pd.DataFrame, robust: str, methods: list[str], multi: b
             + [f(r) for _, f, _ in cols] for _, r in shown.iterrows()]
     return Table("operating", "Operating points", (SETTING_COLS if multi else []) + ["method", "chosen by", "λ"]
                  + [c[0] for c in cols], rows, "The points plotted in the complexity figure."
-                 + (" flags: sanity checks flagged at that point; do not trust its robust accuracy." if flagged
-                    else ""), [bool(r.get("flags")) for _, r in shown.iterrows()])
+                 + (" flags: sanity checks flagged at that point; do not trust its robust accuracy." if any_flag
+                    else ""), T.flagged(shown).tolist())
 
 
 def dial_table(dial: pd.DataFrame, methods: list[str], multi: bool):
@@ -135,8 +135,8 @@ def dial_table(dial: pd.DataFrame, methods: list[str], multi: bool):
                  "the method's own grid (grid λ; --lambdas does not change their number); dedicated ÷ one: how "
                  "many times the one model's cost the dedicated models take; dedicated λ measured: how many of "
                  "the λ this run scored have a dedicated model in it, timed as measured (the rest of the grid "
-                 "is costed as the mean adversarially trained one; no time where there is none). Where the run has dedicated models of "
-                 "several methods or machines, one method's are used and named: those trained like the "
+                 "is costed as the mean adversarially trained one; no time where there is none). Where the run "
+                 "has dedicated models of several methods or machines, one method's are used and named: those trained like the "
                  "once-for-all model (device and precision) where there are such, else the method with the most "
                  "models.")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
 import sys
 
@@ -123,10 +124,10 @@ def parser() -> argparse.ArgumentParser:
                    help="local (default), slurm (each job a task of a Slurm job array, through submitit), "
                         "submitit-local (the same with local processes: a first try, and the tests)")
     x.add_argument("--slurm-partition", help="Slurm partition (default: the cluster's)")
-    x.add_argument("--slurm-gpus-per-job", type=int, default=1,
+    x.add_argument("--slurm-gpus-per-job", type=int,
                    help="GPUs per job, one process each, joined into one DDP job (0: CPU only). Default 1")
-    x.add_argument("--slurm-time", type=int, default=24 * 60, help="time limit per job in minutes (default 1440)")
-    x.add_argument("--slurm-array-parallelism", type=int, default=32, help="at most this many jobs at once (default 32)")
+    x.add_argument("--slurm-time", type=int, help="time limit per job in minutes (default 1440)")
+    x.add_argument("--slurm-array-parallelism", type=int, help="at most this many jobs at once (default 32)")
     x.add_argument("--slurm-cpus-per-task", type=int, help="CPU cores per process (default: the cluster's)")
     return p
 
@@ -172,11 +173,46 @@ def config_from_args(args):
     return cfg, overrides
 
 
+SLURM_FLAGS = {"slurm_partition": "partition", "slurm_gpus_per_job": "gpus_per_job", "slurm_time": "time_min",
+               "slurm_array_parallelism": "array_parallelism", "slurm_cpus_per_task": "cpus_per_task"}
+
+
 def executor_from_args(args):
     from harness.executor import ExecutorConfig
-    return ExecutorConfig(kind=args.executor, partition=args.slurm_partition, gpus_per_job=args.slurm_gpus_per_job,
-                          time_min=args.slurm_time, array_parallelism=args.slurm_array_parallelism,
-                          cpus_per_task=args.slurm_cpus_per_task)
+    given = {field: getattr(args, flag) for flag, field in SLURM_FLAGS.items() if getattr(args, flag) is not None}
+    return ExecutorConfig(kind=args.executor, **given)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def unused_flags(args, cfg) -> list[str]:
+    """A note for each flag given that this run will not use (it would otherwise be dropped without a word)."""
+    from harness.device import resolve_device
+    from methods import get_method, method_names
+    classes = [get_method(name) for name in cfg.methods]
+    notes = {}
+    if args.train_lambdas is not None and not any(c.train_lambdas is not None for c in classes):
+        per = [n for n in method_names() if get_method(n).train_lambdas is not None]
+        notes["--train-lambdas"] = f"it sets the λ of methods that train one model per λ ({', '.join(per)}), " \
+                                   f"and this run has none"
+    if args.lambdas is not None and not any(c.once_for_all for c in classes):
+        notes["--lambdas"] = "it sets where once-for-all methods are scored, and this run has none (a dedicated " \
+                             "model is scored at the λ it was trained at: --train-lambdas)"
+    if args.compile not in (None, "off") and resolve_device(cfg.device).type != "cuda":
+        notes[f"--compile {args.compile}"] = "it applies on CUDA only, and this run trains on the CPU"
+    for flag in SLURM_FLAGS:
+        if args.executor == "local" and getattr(args, flag) is not None:
+            notes[_flag(flag)] = "the --slurm-* flags apply with --executor slurm or submitit-local"
+    if args.aa_n is not None and cfg.eval.aa == "off":
+        notes["--aa-n"] = "--aa off runs no AutoAttack"
+    if args.checks_n is not None and not cfg.eval.checks:
+        notes["--checks-n"] = "--checks off runs no checks"
+    if args.clean_floor is not None and not args.report:
+        notes["--clean-floor"] = "--no-report renders no report (python -m report RUN_FOLDER --clean-floor X " \
+                                 "renders one later)"
+    return [f"note: {flag} ignored: {why}" for flag, why in notes.items()]
 
 
 def main(argv=None) -> int:
@@ -188,6 +224,9 @@ def main(argv=None) -> int:
         from harness import distributed
         from harness.runner import run
         cfg, overrides = config_from_args(args)
+        if os.environ.get("RANK", "0") == "0":  # (torchrun: one process says it)
+            for line in unused_flags(args, cfg):
+                print(line)
         command = " ".join(["python run_all.py", *map(shlex.quote, argv)])
         run(cfg, overrides, command=command, executor=executor_from_args(args))
         if args.report and distributed.is_main():

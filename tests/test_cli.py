@@ -162,3 +162,30 @@ def test_autoattack_alone_is_a_protocol():
     cfg, _ = run_all.config_from_args(run_all.parser().parse_args(["--methods", "pgd_at", "--eval", "", "--aa",
                                                                    "standard"]))
     assert cfg.eval.attacks == () and cfg.eval.aa == "standard"
+
+
+@pytest.mark.parametrize("argv, ignored", [
+    (["--methods", "float,oat", "--train-lambdas", "0,1"], ["--train-lambdas"]),
+    (["--methods", "pgd_at,fast_at", "--lambdas", "0,1"], ["--lambdas"]),
+    (["--methods", "pgd_at", "--compile", "default", "--device", "cpu"], ["--compile default"]),
+    (["--methods", "pgd_at", "--slurm-time", "5", "--slurm-gpus-per-job", "2"], ["--slurm-gpus-per-job", "--slurm-time"]),
+    (["--methods", "pgd_at", "--aa", "off", "--aa-n", "9", "--checks", "off", "--checks-n", "9"],
+     ["--aa-n", "--checks-n"]),
+    (["--methods", "pgd_at", "--clean-floor", "0.5", "--no-report"], ["--clean-floor"]),
+    # each of these is used by the run, so nothing is said
+    (["--methods", "pgd_at,float", "--train-lambdas", "0,1", "--lambdas", "0,1", "--aa-n", "9", "--checks-n", "9",
+      "--clean-floor", "0.5", "--compile", "off"], []),
+    (["--methods", "pgd_at", "--executor", "submitit-local", "--slurm-time", "5"], []),
+])
+def test_a_flag_the_run_does_not_use_is_named(argv, ignored):
+    """A flag given that does not apply to the run gets a note instead of being dropped without a word."""
+    args = run_all.parser().parse_args(argv)
+    cfg, _ = run_all.config_from_args(args)
+    notes = run_all.unused_flags(args, cfg)
+    assert sorted(n.split(" ignored:")[0].removeprefix("note: ") for n in notes) == sorted(ignored)
+
+
+def test_unused_flag_notes_reach_the_console(capsys, tmp_path):
+    code = run_all.main(["--methods", "pgd_at", "--clean-floor", "0.5", "--no-report", "--out", str(tmp_path),
+                         "--dataset", "nope"])
+    assert code == 2 and "note: --clean-floor ignored: --no-report renders no report" in capsys.readouterr().out

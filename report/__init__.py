@@ -51,6 +51,10 @@ def render(run_dir, clean_floor: float | None = None, formats=FORMATS) -> dict[s
     for fig in report.figures:
         fig.files = save(fig.draw, fig.size, run.dir / "figures" / fig.name, exts)
         out |= {f"figure:{fig.name}.{ext}": p for ext, p in fig.files.items()}
+        for small in fig.paper:
+            with style.paper():
+                small.files = save(small.draw, small.size, run.dir / "figures" / "paper" / small.name, exts)
+            out |= {f"figure:paper/{small.name}.{ext}": p for ext, p in small.files.items()}
     if "html" in formats:
         from .html import render_html
         out["html"] = render_html(report, run.dir, run.dir / "report.html")

@@ -38,7 +38,8 @@ def main(argv=None) -> int:
         if key in out:
             extra = f" ({out.pdf_pages} pages)" if key == "pdf" else ""
             print(f"{key}: {out[key]}{extra}")
-    print(f"figures: {len(out.figures)} in {Path(args.run_dir) / 'figures'} (PNG and PDF)")
+    print(f"figures: {len(out.figures)} in {Path(args.run_dir) / 'figures'} (PNG and PDF), sized for a paper "
+          f"in {Path(args.run_dir) / 'figures' / 'paper'}")
     for note in out.notes:
         print(f"note: {note}")
     return 0

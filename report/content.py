@@ -58,6 +58,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
         suffix, label = _setting_names(setting, len(settings))
         floor = floors[setting]
         warn = [flag_line(r) for _, r in flagged.iterrows() if _in(r, setting)]
+        keys = figures.legend_handles(sub, methods) + figures.flagged_handle(sub)  # (to size paper legends)
         s_trade.figures.append(Figure(
             f"tradeoff{suffix}", f"Trade-off{label}",
             "Clean accuracy against robust accuracy; left PGD, right AutoAttack. "
@@ -65,12 +66,17 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
             "points (no other point is better on both). Numbers: λ, where there is room for them (the tables "
             "hold every point). Error bars: std over seeds where there are several."
             + (figures.FLAGGED_CAPTION if _flagged(sub) else ""),
-            partial(figures.draw_tradeoff, pts=sub, methods=methods), (11, 5.4), warnings=warn))
+            partial(figures.draw_tradeoff, pts=sub, methods=methods), (11, 5.4), warnings=warn,
+            paper=[_paper(f"tradeoff-{r}{suffix}", partial(figures.draw_tradeoff, pts=sub, methods=methods,
+                                                           robusts=(r,)), 1, len(keys) + 2)
+                   for r in ("pgd", "aa") if T.has(sub, r)]))
         s_lambda.figures.append(Figure(
             f"lambda{suffix}", f"Accuracy against λ{label}",
             "Clean and robust accuracy at each λ: once-for-all models as lines, dedicated models as points at "
             "their training λ. " + _attack_caption(sub) + (figures.FLAGGED_CAPTION if _flagged(sub) else ""),
-            partial(figures.draw_lambda, pts=sub, methods=methods), (11, 4.6), warnings=warn))
+            partial(figures.draw_lambda, pts=sub, methods=methods), (11, 4.6), warnings=warn,
+            paper=[_paper(f"lambda{suffix}", partial(figures.draw_lambda, pts=sub, methods=methods),
+                          1 + T.has(sub, "pgd") + T.has(sub, "aa"), len(keys))]))
         o = ops[(ops[T.SETTING] == pd.Series(dict(zip(T.SETTING, setting)))).all(axis=1)] if len(ops) else ops
         if len(o) and cost_figures.cost_axes(o)[0]:  # something to plot against
             s_cost.figures.append(Figure(
@@ -80,7 +86,10 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                 "no λ does), against parameters, MACs, training wall-clock and training peak memory. For "
                 "dedicated models, the one model at that λ." + (figures.FLAGGED_CAPTION if _flagged(o) else ""),
                 partial(cost_figures.draw_complexity, ops=o, robust=robust, methods=methods, floor=floor),
-                cost_figures.complexity_size(o), warnings=[_flag_point(r) for _, r in o[T.flagged(o)].iterrows()]))
+                cost_figures.complexity_size(o), warnings=[_flag_point(r) for _, r in o[T.flagged(o)].iterrows()],
+                paper=[_paper(f"complexity{suffix}", partial(cost_figures.draw_complexity, ops=o, robust=robust,
+                                                             methods=methods, floor=floor, notes=False),
+                              len(cost_figures.cost_axes(o)[0]), o["method"].nunique() + 3)]))
         d = dial[(dial[T.SETTING] == pd.Series(dict(zip(T.SETTING, setting)))).all(axis=1)] if len(dial) else dial
         if len(d) and (T.has(d, "ofa_params") or T.has(d, "ofa_time")):
             s_dial.figures.append(Figure(
@@ -88,7 +97,9 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                 "Solid: one once-for-all model covering its whole λ grid. Hatched: one dedicated model per λ of "
                 "that grid, from this run's dedicated models (the model trained at that λ where there is one, "
                 "else the mean of the adversarially trained ones). Over each pair: dedicated ÷ one.",
-                partial(cost_figures.draw_dial_cost, dial=d, methods=methods), (11, 4.6)))
+                partial(cost_figures.draw_dial_cost, dial=d, methods=methods), (11, 4.6),
+                paper=[_paper(f"dial{suffix}", partial(cost_figures.draw_dial_cost, dial=d, methods=methods,
+                                                       notes=False), cost_figures.dial_panels(d), 2)]))
         if len(o) and floor is not None:
             reached = set(o.loc[o["pick"].isin(["floor", "both"]), "method"])
             short = [style.display(m) for m in methods if m in set(o["method"]) and m not in reached]
@@ -111,6 +122,16 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                        tables=[config_table(run)], notes=notes["config"])
     return Report(f"lambench report: {run.name}", _facts(run, pts, floors),
                   [s_trade, s_lambda, s_cost, s_dial, s_tables, s_checks, s_config])
+
+
+def _paper(name: str, draw, panels: int, entries: int) -> Figure:
+    """A paper-sized version of a figure of ``panels`` panels over a legend of about ``entries`` entries: one
+    panel fills a column, two or three a row across the page, four a 2 × 2 grid across it."""
+    width = style.COLUMN if panels == 1 else style.PAGE
+    with style.paper():  # (a typical label: 24 characters)
+        rows = -(-entries // style.legend_columns(width, ["x" * 24] * entries))
+    return Figure(name, "", "", draw, (width, (2.4 if panels == 1 else 2.1) * (1 + (panels > 3)) + 0.35
+                                       + 0.16 * rows))
 
 
 def _pct(v) -> str:

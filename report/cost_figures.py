@@ -12,7 +12,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from . import fmt, style
-from .figures import ROBUST_NAMES, finish, flagged_handle, legend_handles, panels, ring_flagged
+from .figures import ROBUST_NAMES, finish, flagged_handle, legend_columns, legend_handles, panels, ring_flagged
 from .tables import has
 
 #: the complexity panels: column, axis label, what produces the column when it is missing
@@ -41,11 +41,13 @@ def complexity_size(ops: pd.DataFrame) -> tuple[float, float]:
     return (11, 4.8) if len(shown) + bool(missing) <= 3 else (11, 8.0)
 
 
-def draw_complexity(fig, ops: pd.DataFrame, robust: str, methods: list[str], floor: float | None) -> None:
+def draw_complexity(fig, ops: pd.DataFrame, robust: str, methods: list[str], floor: float | None,
+                    notes: bool = True) -> None:
     """Robust accuracy at each method's best lambda (filled) and at the clean-accuracy floor (hollow) against
-    parameters, MACs, training time and training memory (one panel each; unmeasured ones listed instead)."""
+    parameters, MACs, training time and training memory (one panel each; unmeasured ones listed instead, in a
+    panel of their own unless ``notes`` is False)."""
     shown, missing = cost_axes(ops)
-    axes, _ = panels(fig, len(shown), missing)
+    axes, _ = panels(fig, len(shown), missing if notes else [])
     name = ROBUST_NAMES[robust]
     labels = []
     for ax, (col, label) in zip(axes, shown):
@@ -57,11 +59,11 @@ def draw_complexity(fig, ops: pd.DataFrame, robust: str, methods: list[str], flo
             flo = rows[rows["pick"] == "floor"]
             if len(best) and len(flo):
                 ax.plot([best[col].iloc[0], flo[col].iloc[0]], [best[robust].iloc[0] * 100, flo[robust].iloc[0] * 100],
-                        color=look["color"], linewidth=0.8, linestyle=":", zorder=2)
-            ax.scatter(best[col], best[robust] * 100, marker=look["marker"], s=70, color=look["color"],
-                       edgecolors="black", linewidths=0.6, zorder=3)
-            ax.scatter(flo[col], flo[robust] * 100, marker=look["marker"], s=70, facecolors="white",
-                       edgecolors=look["color"], linewidths=1.6, zorder=4)
+                        color=look["color"], linewidth=style.size(0.8), linestyle=":", zorder=2)
+            ax.scatter(best[col], best[robust] * 100, marker=look["marker"], s=style.size(8.4) ** 2,
+                       color=look["color"], edgecolors="black", linewidths=0.6, zorder=3)
+            ax.scatter(flo[col], flo[robust] * 100, marker=look["marker"], s=style.size(8.4) ** 2, facecolors="white",
+                       edgecolors=look["color"], linewidths=style.size(1.6), zorder=4)
             ring_flagged(ax, rows[col].to_numpy(float), rows[robust].to_numpy(float) * 100, rows)
             items += [(x, y * 100, f"λ={lam:g}", look["color"]) for x, y, lam in
                       zip(rows[col], rows[robust], rows["lambda"])]  # one row per distinct point
@@ -79,7 +81,7 @@ def draw_complexity(fig, ops: pd.DataFrame, robust: str, methods: list[str], flo
                               markeredgecolor="0.3", markeredgewidth=1.6,
                               label=f"best robust with clean ≥ {floor * 100:.1f}%"))
     handles += flagged_handle(ops)
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=9)
+    fig.legend(handles=handles, loc="outside lower center", ncols=legend_columns(fig, handles))
     finish(fig, labels)
 
 
@@ -107,14 +109,19 @@ def _padded(values, pad: float) -> tuple[float, float]:
     return lo - pad * span, hi + pad * span
 
 
-def draw_dial_cost(fig, dial: pd.DataFrame, methods: list[str]) -> None:
+def dial_panels(dial: pd.DataFrame) -> int:
+    return int(has(dial, "ofa_params")) + int(has(dial, "ofa_time"))
+
+
+def draw_dial_cost(fig, dial: pd.DataFrame, methods: list[str], notes: bool = True) -> None:
     """Per once-for-all method: one model's stored parameters and training time versus one dedicated model per
-    lambda of its grid (hatched), with the ratio written over the pair."""
+    lambda of its grid (hatched), with the ratio written over the pair (what was not measured: in a panel of
+    its own unless ``notes`` is False)."""
     specs = [("ofa_params", "ded_params", "parameters stored", 1e6, "million parameters",
               "parameters stored (params, stored_params rows: parameter counts not in this run)"),
              ("ofa_time", "ded_time", "training wall-clock", 1.0, "seconds", "training time (no train_time_s rows)")]
     shown = [p for p in specs if has(dial, p[0])]
-    axes, _ = panels(fig, len(shown), [p[5] for p in specs if p not in shown])
+    axes, _ = panels(fig, len(shown), [p[5] for p in specs if p not in shown] if notes else [])
     order = [m for m in methods if m in set(dial["method"])]
     for ax, (one, many, title, unit, ylabel, _) in zip(axes, shown):
         bars = pd.concat([dial[one], dial[many]]).dropna() / unit
@@ -129,11 +136,12 @@ def draw_dial_cost(fig, dial: pd.DataFrame, methods: list[str]) -> None:
             if pd.notna(b):
                 ax.bar(i + 0.2, b, width=0.38, facecolor="white", edgecolor=look["color"], hatch="///",
                        linewidth=1.2)
-                ax.text(i, max(a, b) * 1.03, fmt.ratio(a, b) if a else "", ha="center", va="bottom", fontsize=9.5)
+                ax.text(i, max(a, b) * 1.03, fmt.ratio(a, b) if a else "", ha="center", va="bottom",
+                        fontsize=style.size(9.5))
             else:
                 why = ("no dedicated\nmodels to\ncompare" if not row["ded_models"] else
                        "no adversarially\ntrained dedicated\nmodel timed")
-                ax.text(i + 0.2, a * (1.03 if spread else 0.05), why, ha="center", va="bottom", fontsize=8,
+                ax.text(i + 0.2, a * (1.03 if spread else 0.05), why, ha="center", va="bottom", fontsize=style.size(8),
                         color="0.3")
         ax.set_xticks(np.arange(len(order)), [f"{style.mpl_text(style.display(m))}\n"
                       f"({int(dial.loc[dial['method'] == m, 'lambdas'].iloc[0])} grid λ)" for m in order])
@@ -145,5 +153,5 @@ def draw_dial_cost(fig, dial: pd.DataFrame, methods: list[str]) -> None:
         ax.set_xlim(-0.6, len(order) - 0.4)
     handles = [Patch(facecolor="0.5", edgecolor="black", label="one once-for-all model (all its λ)"),
                Patch(facecolor="white", edgecolor="0.3", hatch="///", label="one dedicated model per λ")]
-    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9)
+    fig.legend(handles=handles, loc="outside lower center", ncols=legend_columns(fig, handles))
     finish(fig)

@@ -29,6 +29,9 @@ class Figure:
     size: tuple[float, float]
     warnings: list[str] = field(default_factory=list)  # flagged sanity checks concerning this figure
     files: dict[str, Path] = field(default_factory=dict)  # "png"/"pdf" -> path, once saved
+    #: the same drawing sized for a paper (8 pt text, one 3.4 in column or a 7 in page; a two-panel figure
+    #: as one file per panel), saved under figures/paper/ and linked, not shown
+    paper: list["Figure"] = field(default_factory=list)
 
 
 @dataclass

@@ -67,9 +67,10 @@ def panels(fig, measured: int, missing: list[str], cols: int = 2, title: str = "
         return axes, None
     note = axes[measured]
     width_in = note.get_position().width * fig.figure.get_figwidth()
-    chars = max(24, int(width_in * 72 / (9.5 * 0.6)))
+    chars = max(24, int(width_in * 72 / (style.size(9.5) * 0.6)))
     text = "\n\n".join(textwrap.fill(style.mpl_text(m), chars) for m in missing)
-    note.text(0.5, 0.5, text, ha="center", va="center", transform=note.transAxes, fontsize=9.5, color="0.25",
+    note.text(0.5, 0.5, text, ha="center", va="center", transform=note.transAxes, fontsize=style.size(9.5),
+              color="0.25",
               bbox=dict(boxstyle="round,pad=0.7", fc="0.965", ec="0.65"))
     note.set_title(title)
     note.set_xticks([])
@@ -94,7 +95,8 @@ def plot_method(ax, pts: pd.DataFrame, method: str, methods, x: str, y: str, sca
     xs, ys = rows[x].to_numpy(float) * scale[0], rows[y].to_numpy(float) * scale[1]
     line = rows["kind"].iloc[0] == "ofa"
     ax.plot(xs, ys, color=look["color"], marker=look["marker"], linestyle=look["linestyle"] if line else "none",
-            markersize=6, markeredgecolor=_darker(look["color"], 0.45), markeredgewidth=0.7, linewidth=1.6,
+            markersize=style.size(6), markeredgecolor=_darker(look["color"], 0.45), markeredgewidth=0.7,
+            linewidth=style.size(1.6),
             zorder=3)
     xe = rows[f"{x}_sd"].to_numpy(float) * scale[0] if f"{x}_sd" in rows else None
     ye = rows[f"{y}_sd"].to_numpy(float) * scale[1] if f"{y}_sd" in rows else None
@@ -109,15 +111,16 @@ def ring_flagged(ax, xs, ys, rows: pd.DataFrame) -> None:
     """A red ring round each point of ``rows`` that a sanity check flagged (``flags``, from tables.mark_flags)."""
     hit = flagged(rows).to_numpy()
     if hit.any():
-        ax.scatter(xs[hit], ys[hit], s=240, facecolors="none", edgecolors=FLAG_COLOR, linewidths=1.6, zorder=5)
+        ax.scatter(xs[hit], ys[hit], s=style.size(15.5) ** 2, facecolors="none", edgecolors=FLAG_COLOR,
+                   linewidths=style.size(1.6), zorder=5)
 
 
 def flagged_handle(pts: pd.DataFrame) -> list:
     """The legend entry for the red rings, where ``pts`` has a flagged point."""
     if not flagged(pts).any():
         return []
-    return [Line2D([], [], marker="o", markersize=13, linestyle="none", markerfacecolor="none",
-                   markeredgecolor=FLAG_COLOR, markeredgewidth=1.6, label="flagged by a sanity check")]
+    return [Line2D([], [], marker="o", markersize=style.size(13), linestyle="none", markerfacecolor="none",
+                   markeredgecolor=FLAG_COLOR, markeredgewidth=style.size(1.6), label="flagged by a sanity check")]
 
 
 def legend_handles(pts: pd.DataFrame, methods, lines: bool = True) -> list:
@@ -132,11 +135,17 @@ def legend_handles(pts: pd.DataFrame, methods, lines: bool = True) -> list:
         kind = kind if lines else "single"
         look = style.look(m, methods)
         label = style.mpl_text(style.display(m)) + (" (dedicated models)" if kind == "dedicated" else "")
-        handles.append(Line2D([], [], color=look["color"], marker=look["marker"], markersize=6,
+        handles.append(Line2D([], [], color=look["color"], marker=look["marker"], markersize=style.size(6),
                               linestyle=look["linestyle"] if kind == "ofa" else "none",
                               markeredgecolor=_darker(look["color"], 0.45), markeredgewidth=0.7,
                               label=label))
     return handles
+
+
+def legend_columns(fig, handles: list, most: int = 4) -> int:
+    """Columns for a legend of ``handles`` under ``fig`` (a Figure or a SubFigure on a page)."""
+    width = fig.bbox.width / fig.figure.dpi
+    return style.legend_columns(width, [h.get_label() for h in handles], most)
 
 
 def finish(fig, labels: list | None = None) -> int:
@@ -161,7 +170,8 @@ def place_labels(jobs: list, renderer) -> int:
         for x, y, text, color in items:
             for offset, ha, va in LABEL_OFFSETS:
                 ann = ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", ha=ha, va=va,
-                                  fontsize=7.5, color=_darker(color), zorder=4)
+                                  fontsize=max(6.0, style.size(7.5)), color=_darker(color),
+                                  zorder=4)
                 ann.set_in_layout(False)
                 bb = ann.get_window_extent(renderer)
                 box = (bb.x0 - 1, bb.y0 - 1, bb.x1 + 1, bb.y1 + 1)
@@ -194,19 +204,20 @@ def _pad_limits(ax, pad: float = 0.1, least: float = 4.0) -> None:
         set_(mid - span * (0.5 + pad), mid + span * (0.5 + pad))
 
 
-def draw_tradeoff(fig, pts: pd.DataFrame, methods: list[str]) -> None:
-    """Clean accuracy against PGD and AutoAttack accuracy (two panels), the Pareto front of all points."""
-    shown = [r for r in ("pgd", "aa") if has(pts, r) and has(pts, "clean_acc")]
-    missing = [f"No {ROBUST_NAMES[r]} results ({MISSING_HINT[r]})." for r in ("pgd", "aa") if r not in shown]
-    axes, _ = panels(fig, len(shown), missing, title=" and ".join(ROBUST_NAMES[r] for r in ("pgd", "aa")
+def draw_tradeoff(fig, pts: pd.DataFrame, methods: list[str], robusts=("pgd", "aa")) -> None:
+    """Clean accuracy against PGD and AutoAttack accuracy (``robusts``: one panel each), the Pareto front of all
+    points."""
+    shown = [r for r in robusts if has(pts, r) and has(pts, "clean_acc")]
+    missing = [f"No {ROBUST_NAMES[r]} results ({MISSING_HINT[r]})." for r in robusts if r not in shown]
+    axes, _ = panels(fig, len(shown), missing, title=" and ".join(ROBUST_NAMES[r] for r in robusts
                                                                   if r not in shown))
     labels = []
     for ax, robust in zip(axes, shown):
         sub = pts.dropna(subset=[robust, "clean_acc"])
         front = sub[pareto(sub, robust, "clean_acc")].sort_values(robust)
-        ax.plot(_pct(front[robust]), _pct(front["clean_acc"]), color=style.FRONT_COLOR, linewidth=6, alpha=0.18,
-                solid_capstyle="round", zorder=1)
-        ax.scatter(_pct(front[robust]), _pct(front["clean_acc"]), s=150, facecolors="none",
+        ax.plot(_pct(front[robust]), _pct(front["clean_acc"]), color=style.FRONT_COLOR, linewidth=style.size(6),
+                alpha=0.18, solid_capstyle="round", zorder=1)
+        ax.scatter(_pct(front[robust]), _pct(front["clean_acc"]), s=style.size(12.2) ** 2, facecolors="none",
                    edgecolors=style.FRONT_COLOR, linewidths=1.0, zorder=2)
         items = []
         for m in methods:
@@ -218,11 +229,12 @@ def draw_tradeoff(fig, pts: pd.DataFrame, methods: list[str]) -> None:
         ax.set_ylabel("clean accuracy (%)")
         labels.append((ax, items))
     handles = legend_handles(pts, methods)
-    handles.append(Line2D([], [], color=style.FRONT_COLOR, linewidth=6, alpha=0.25, marker="o", markersize=11,
+    handles.append(Line2D([], [], color=style.FRONT_COLOR, linewidth=style.size(6), alpha=0.25, marker="o",
+                          markersize=style.size(11),
                           markerfacecolor="none", markeredgecolor=style.FRONT_COLOR, label="Pareto front"))
     handles += flagged_handle(pts)
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=9,
-               title="numbers next to points: λ", title_fontsize=8.5)
+    fig.legend(handles=handles, loc="outside lower center", ncols=legend_columns(fig, handles),
+               title="numbers next to points: λ")
     finish(fig, labels)
 
 
@@ -238,5 +250,5 @@ def draw_lambda(fig, pts: pd.DataFrame, methods: list[str]) -> None:
         ax.set_xlim(-0.05, 1.05)
     axes[0].set_ylabel("accuracy (%)")
     handles = legend_handles(pts, methods) + flagged_handle(pts)
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=9)
+    fig.legend(handles=handles, loc="outside lower center", ncols=legend_columns(fig, handles, 5))
     finish(fig)

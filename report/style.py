@@ -91,12 +91,43 @@ def mpl_text(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
+#: the report's figures' base font size (seaborn's "paper" context at font_scale 1.15); hand-set sizes
+#: (``size``) are written for it
+REPORT_FONT = 11.04
+#: the paper-sized figures (``paper``): 8 pt text at 100% in a 3.4 in column or a 7 in page, as journals ask
+PAPER_RC = {"font.size": 8, "axes.labelsize": 8, "axes.titlesize": 8.5, "xtick.labelsize": 7,
+            "ytick.labelsize": 7, "legend.fontsize": 7, "legend.title_fontsize": 6.5, "lines.linewidth": 1.0,
+            "axes.linewidth": 0.6, "grid.linewidth": 0.5, "xtick.major.width": 0.6, "ytick.major.width": 0.6,
+            "xtick.major.size": 2.5, "ytick.major.size": 2.5, "hatch.linewidth": 0.6}
+#: paper figure widths, inches
+COLUMN, PAGE = 3.4, 7.0
+
+
 def setup() -> None:
     """Fonts and sizes for every figure (called once per render)."""
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.15,
                   rc={"pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 150, "figure.dpi": 100,
                       "axes.titlesize": 12.5, "legend.frameon": True, "legend.framealpha": 0.9,
+                      "legend.fontsize": 9, "legend.title_fontsize": 8.5,
                       "grid.linestyle": ":", "grid.color": "0.8"})
+
+
+def paper():
+    """Within it, figures are drawn for a paper (``PAPER_RC``): use with the paper sizes COLUMN and PAGE."""
+    return plt.rc_context(PAPER_RC)
+
+
+def size(points: float) -> float:
+    """A hand-set size (text or marker, in points) as written for the report's figures, scaled to the
+    figures being drawn: the same in the report, about 0.72 of it in the paper-sized ones."""
+    return points * plt.rcParams["font.size"] / REPORT_FONT
+
+
+def legend_columns(width: float, labels: list[str], most: int = 4) -> int:
+    """Columns for a legend of ``labels`` that fit across a figure ``width`` inches wide: at most ``most``
+    (a column: the longest label at about 0.55 em a character, plus the marker and the gaps)."""
+    column = max(map(len, labels), default=0) * 0.55 * plt.rcParams["legend.fontsize"] / 72 + 0.5
+    return max(1, min(len(labels), most, int(0.95 * width / column)))
 
 
 def close(fig) -> None:

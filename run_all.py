@@ -187,32 +187,46 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def unused_flags(args, cfg) -> list[str]:
-    """A note for each flag given that this run will not use (it would otherwise be dropped without a word)."""
+#: the --slurm-* flags that only Slurm uses (submitit-local takes the time, GPUs and CPUs per job)
+SLURM_ONLY = ("slurm_partition", "slurm_array_parallelism")
+
+
+def drop_unused(args, cfg, overrides: dict):
+    """The flags given that this run will not use: each gets a note (instead of being dropped without a word)
+    and its value is set back to the default, so that it neither enters the jobs' settings nor makes finished
+    jobs look scored otherwise. Returns (cfg, overrides, notes)."""
     from harness.device import resolve_device
     from methods import get_method, method_names
     classes = [get_method(name) for name in cfg.methods]
-    notes = {}
+    preset = from_preset(args.preset)
+    notes, evals = {}, {}
     if args.train_lambdas is not None and not any(c.train_lambdas is not None for c in classes):
         per = [n for n in method_names() if get_method(n).train_lambdas is not None]
         notes["--train-lambdas"] = f"it sets the λ of methods that train one model per λ ({', '.join(per)}), " \
                                    f"and this run has none"
+        cfg = apply(cfg, {"train_lambdas": None})
     if args.lambdas is not None and not any(c.once_for_all for c in classes):
         notes["--lambdas"] = "it sets where once-for-all methods are scored, and this run has none (a dedicated " \
                              "model is scored at the λ it was trained at: --train-lambdas)"
-    if args.compile not in (None, "off") and resolve_device(cfg.device).type != "cuda":
+        evals["lambdas"] = None
+    if args.compile not in (None, "off") and args.executor == "local" and resolve_device(cfg.device).type != "cuda":
         notes[f"--compile {args.compile}"] = "it applies on CUDA only, and this run trains on the CPU"
+        overrides = {k: v for k, v in overrides.items() if k != "compile"}
     for flag in SLURM_FLAGS:
-        if args.executor == "local" and getattr(args, flag) is not None:
-            notes[_flag(flag)] = "the --slurm-* flags apply with --executor slurm or submitit-local"
+        if getattr(args, flag) is not None and (args.executor == "local" or args.executor == "submitit-local"
+                                                 and flag in SLURM_ONLY):
+            notes[_flag(flag)] = "it applies with --executor slurm" + (
+                " or submitit-local" if flag not in SLURM_ONLY else "")
     if args.aa_n is not None and cfg.eval.aa == "off":
         notes["--aa-n"] = "--aa off runs no AutoAttack"
+        evals["aa_n"] = preset.eval.aa_n
     if args.checks_n is not None and not cfg.eval.checks:
         notes["--checks-n"] = "--checks off runs no checks"
+        evals["checks_n"] = preset.eval.checks_n
     if args.clean_floor is not None and not args.report:
         notes["--clean-floor"] = "--no-report renders no report (python -m report RUN_FOLDER --clean-floor X " \
                                  "renders one later)"
-    return [f"note: {flag} ignored: {why}" for flag, why in notes.items()]
+    return apply(cfg, {"eval": evals}), overrides, [f"note: {flag} ignored: {why}" for flag, why in notes.items()]
 
 
 def main(argv=None) -> int:
@@ -224,9 +238,9 @@ def main(argv=None) -> int:
         from harness import distributed
         from harness.runner import run
         cfg, overrides = config_from_args(args)
+        cfg, overrides, notes = drop_unused(args, cfg, overrides)
         if os.environ.get("RANK", "0") == "0":  # (torchrun: one process says it)
-            for line in unused_flags(args, cfg):
-                print(line)
+            print(*notes, sep="\n", end="\n" if notes else "")
         command = " ".join(["python run_all.py", *map(shlex.quote, argv)])
         run(cfg, overrides, command=command, executor=executor_from_args(args))
         if args.report and distributed.is_main():

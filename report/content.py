@@ -128,8 +128,7 @@ def _paper(name: str, draw, panels: int, entries: int) -> Figure:
     """A paper-sized version of a figure of ``panels`` panels over a legend of about ``entries`` entries: one
     panel fills a column, two or three a row across the page, four a 2 × 2 grid across it."""
     width = style.COLUMN if panels == 1 else style.PAGE
-    with style.paper():  # (a typical label: 24 characters)
-        rows = -(-entries // style.legend_columns(width, ["x" * 24] * entries))
+    rows = -(-entries // (1 if width == style.COLUMN else 4))  # (about: the legend takes the columns that fit)
     return Figure(name, "", "", draw, (width, (2.4 if panels == 1 else 2.1) * (1 + (panels > 3)) + 0.35
                                        + 0.16 * rows))
 

@@ -12,7 +12,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from . import fmt, style
-from .figures import ROBUST_NAMES, finish, flagged_handle, legend_columns, legend_handles, panels, ring_flagged
+from .figures import ROBUST_NAMES, finish, flagged_handle, legend, legend_handles, panels, ring_flagged
 from .tables import has
 
 #: the complexity panels: column, axis label, what produces the column when it is missing
@@ -81,7 +81,7 @@ def draw_complexity(fig, ops: pd.DataFrame, robust: str, methods: list[str], flo
                               markeredgecolor="0.3", markeredgewidth=1.6,
                               label=f"best robust with clean ≥ {floor * 100:.1f}%"))
     handles += flagged_handle(ops)
-    fig.legend(handles=handles, loc="outside lower center", ncols=legend_columns(fig, handles))
+    legend(fig, handles)
     finish(fig, labels)
 
 
@@ -153,5 +153,5 @@ def draw_dial_cost(fig, dial: pd.DataFrame, methods: list[str], notes: bool = Tr
         ax.set_xlim(-0.6, len(order) - 0.4)
     handles = [Patch(facecolor="0.5", edgecolor="black", label="one once-for-all model (all its λ)"),
                Patch(facecolor="white", edgecolor="0.3", hatch="///", label="one dedicated model per λ")]
-    fig.legend(handles=handles, loc="outside lower center", ncols=legend_columns(fig, handles))
+    legend(fig, handles)
     finish(fig)

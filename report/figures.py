@@ -142,10 +142,15 @@ def legend_handles(pts: pd.DataFrame, methods, lines: bool = True) -> list:
     return handles
 
 
-def legend_columns(fig, handles: list, most: int = 4) -> int:
-    """Columns for a legend of ``handles`` under ``fig`` (a Figure or a SubFigure on a page)."""
-    width = fig.bbox.width / fig.figure.dpi
-    return style.legend_columns(width, [h.get_label() for h in handles], most)
+def legend(fig, handles: list, most: int = 4, **kwargs):
+    """The figure legend of ``handles`` below ``fig``'s panels (a Figure, or a SubFigure on a page), in as many
+    columns as fit its width, at most ``most`` (measured: fewer are tried until the legend fits)."""
+    renderer = fig.figure.canvas.get_renderer()
+    for cols in range(min(most, len(handles)), 0, -1):
+        leg = fig.legend(handles=handles, loc="outside lower center", ncols=cols, **kwargs)
+        if cols == 1 or leg.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
+            return leg
+        leg.remove()
 
 
 def finish(fig, labels: list | None = None) -> int:
@@ -233,8 +238,7 @@ def draw_tradeoff(fig, pts: pd.DataFrame, methods: list[str], robusts=("pgd", "a
                           markersize=style.size(11),
                           markerfacecolor="none", markeredgecolor=style.FRONT_COLOR, label="Pareto front"))
     handles += flagged_handle(pts)
-    fig.legend(handles=handles, loc="outside lower center", ncols=legend_columns(fig, handles),
-               title="numbers next to points: λ")
+    legend(fig, handles, title="numbers next to points: λ")
     finish(fig, labels)
 
 
@@ -250,5 +254,5 @@ def draw_lambda(fig, pts: pd.DataFrame, methods: list[str]) -> None:
         ax.set_xlim(-0.05, 1.05)
     axes[0].set_ylabel("accuracy (%)")
     handles = legend_handles(pts, methods) + flagged_handle(pts)
-    fig.legend(handles=handles, loc="outside lower center", ncols=legend_columns(fig, handles, 5))
+    legend(fig, handles, 5)
     finish(fig)

@@ -123,12 +123,6 @@ def size(points: float) -> float:
     return points * plt.rcParams["font.size"] / REPORT_FONT
 
 
-def legend_columns(width: float, labels: list[str], most: int = 4) -> int:
-    """Columns for a legend of ``labels`` that fit across a figure ``width`` inches wide: at most ``most``
-    (a column: the longest label at about 0.55 em a character, plus the marker and the gaps)."""
-    column = max(map(len, labels), default=0) * 0.55 * plt.rcParams["legend.fontsize"] / 72 + 0.5
-    return max(1, min(len(labels), most, int(0.95 * width / column)))
-
 
 def close(fig) -> None:
     plt.close(fig)

@@ -170,20 +170,47 @@ def test_autoattack_alone_is_a_protocol():
     (["--methods", "pgd_at", "--compile", "default", "--device", "cpu"], ["--compile default"]),
     (["--methods", "pgd_at", "--slurm-time", "5", "--slurm-gpus-per-job", "2"],
      ["--slurm-gpus-per-job", "--slurm-time"]),
+    (["--methods", "pgd_at", "--executor", "submitit-local", "--slurm-partition", "gpu", "--slurm-time", "5",
+      "--slurm-array-parallelism", "4"], ["--slurm-array-parallelism", "--slurm-partition"]),  # Slurm's alone
     (["--methods", "pgd_at", "--aa", "off", "--aa-n", "9", "--checks", "off", "--checks-n", "9"],
      ["--aa-n", "--checks-n"]),
     (["--methods", "pgd_at", "--clean-floor", "0.5", "--no-report"], ["--clean-floor"]),
     # each of these is used by the run, so nothing is said
     (["--methods", "pgd_at,float", "--train-lambdas", "0,1", "--lambdas", "0,1", "--aa-n", "9", "--checks-n", "9",
       "--clean-floor", "0.5", "--compile", "off"], []),
-    (["--methods", "pgd_at", "--executor", "submitit-local", "--slurm-time", "5"], []),
+    (["--methods", "pgd_at", "--executor", "submitit-local", "--slurm-time", "5", "--slurm-gpus-per-job", "0"], []),
+    (["--methods", "pgd_at", "--executor", "slurm", "--compile", "default"], []),  # (the nodes' GPUs compile)
 ])
 def test_a_flag_the_run_does_not_use_is_named(argv, ignored):
     """A flag given that does not apply to the run gets a note instead of being dropped without a word."""
     args = run_all.parser().parse_args(argv)
-    cfg, _ = run_all.config_from_args(args)
-    notes = run_all.unused_flags(args, cfg)
+    cfg, overrides = run_all.config_from_args(args)
+    _, _, notes = run_all.drop_unused(args, cfg, overrides)
     assert sorted(n.split(" ignored:")[0].removeprefix("note: ") for n in notes) == sorted(ignored)
+
+
+def test_an_ignored_flag_leaves_the_jobs_settings_as_without_it():
+    """What a note calls ignored is set back to its default: it enters no job's settings (a CPU job's
+    config.json said compile: default, and a rerun without the flag was refused as trained otherwise) and
+    does not make finished jobs look scored under another protocol."""
+    def settings(*argv):
+        args = run_all.parser().parse_args(["--methods", "pgd_at", "--aa", "off", "--checks", "off", *argv])
+        cfg, overrides, _ = run_all.drop_unused(args, *run_all.config_from_args(args))
+        return cfg, overrides
+    assert settings("--aa-n", "5", "--checks-n", "7", "--lambdas", "0,1", "--compile", "default", "--device",
+                    "cpu") == settings("--device", "cpu")
+    assert settings("--compile", "default", "--executor", "slurm")[1] == {"compile": "default"}
+
+
+def test_ignored_flags_do_not_score_a_finished_job_again(capsys, tmp_path):
+    base = ["--methods", "pgd_at", "--train-lambdas", "0", "--out", str(tmp_path), "--no-progress", "--aa", "off",
+            "--checks", "off", "--no-report", "--epochs", "1", "--subset", "128", "--eval-n", "30",
+            "--complexity", "off"]
+    assert run_all.main(base) == 0
+    capsys.readouterr()
+    assert run_all.main([*base, "--aa-n", "5", "--checks-n", "7", "--lambdas", "0,1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ignored:") == 3 and "done already, skipped" in out
 
 
 def test_unused_flag_notes_reach_the_console(capsys, tmp_path):

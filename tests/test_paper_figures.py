@@ -52,3 +52,19 @@ def test_paper_figures_are_sized_for_a_paper_and_fit(paper, name):
         assert not any("Not measured" in t.get_text() for t in texts)
         for ax in fig.axes:
             assert ax.get_window_extent(renderer).height / fig.dpi >= 1.3
+
+
+def test_report_legends_take_as_many_columns_as_fit(paper):
+    """The report's own figures keep a legend that fits on one row there (the λ figure's five entries across
+    11 in), and a column-wide paper figure stacks its entries."""
+    run, figs = paper
+    report = build(load_run(run))
+    lam = next(f for f in report.figures if f.name == "lambda")
+    fig = new_figure(lam.size, layout="constrained")
+    lam.draw(fig)
+    (leg,) = fig.legends
+    assert leg._ncols == len(leg.legend_handles) == 5
+    with style.paper():
+        fig = new_figure(figs["tradeoff-aa"].size, layout="constrained")
+        figs["tradeoff-aa"].draw(fig)
+    assert fig.legends[0]._ncols < len(fig.legends[0].legend_handles)

@@ -63,8 +63,8 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
             f"tradeoff{suffix}", f"Trade-off{label}",
             "Clean accuracy against robust accuracy; left PGD, right AutoAttack. "
             + _attack_caption(sub) + " Circled points, joined by the grey band, form the Pareto front of all "
-            "points (no other point is better on both). Numbers: λ, where there is room for them (the tables "
-            "hold every point). Error bars: std over seeds where there are several."
+            "points (no other point is better on both). Numbers: λ, each nearest its own point, where there is room "
+            "for them (the tables hold every point). Error bars: std over seeds where there are several."
             + (figures.FLAGGED_CAPTION if _flagged(sub) else ""),
             partial(figures.draw_tradeoff, pts=sub, methods=methods), (11, 5.4), warnings=warn,
             paper=[_paper(f"tradeoff-{r}{suffix}", partial(figures.draw_tradeoff, pts=sub, methods=methods,

@@ -6,6 +6,7 @@ A panel without data says so, in the panel, instead of staying empty.
 """
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
@@ -165,14 +166,16 @@ def finish(fig, labels: list | None = None) -> int:
 
 def place_labels(jobs: list, renderer) -> int:
     """For each (axes, items) in ``jobs``, write each item's text next to its point where it overlaps no other
-    label, point or the axes edge; returns how many did not fit (left out: the tables hold every value).
+    label, point or the axes edge and no other point is nearer to it than its own (a label read as another
+    point's λ would mislead); returns how many did not fit (left out: the tables hold every value).
     Needs the layout done (``finish`` calls it)."""
     skipped = 0
     for ax, items in jobs:
-        to_px = ax.transData.transform
-        taken = [(px - 4, py - 4, px + 4, py + 4) for px, py in (to_px((x, y)) for x, y, _, _ in items)]
+        points = [tuple(ax.transData.transform((x, y))) for x, y, _, _ in items]
+        taken = [(px - 4, py - 4, px + 4, py + 4) for px, py in points]
         frame = ax.get_window_extent(renderer)
-        for x, y, text, color in items:
+        for i, (x, y, text, color) in enumerate(items):
+            others = points[:i] + points[i + 1:]
             for offset, ha, va in LABEL_OFFSETS:
                 ann = ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", ha=ha, va=va,
                                   fontsize=max(6.0, style.size(7.5)), color=_darker(color),
@@ -181,7 +184,8 @@ def place_labels(jobs: list, renderer) -> int:
                 bb = ann.get_window_extent(renderer)
                 box = (bb.x0 - 1, bb.y0 - 1, bb.x1 + 1, bb.y1 + 1)
                 inside = frame.x0 <= box[0] and box[2] <= frame.x1 and frame.y0 <= box[1] and box[3] <= frame.y1
-                if inside and not any(_overlap(box, t) for t in taken):
+                if inside and not any(_overlap(box, t) for t in taken) \
+                        and all(_gap(box, q) >= _gap(box, points[i]) for q in others):
                     taken.append(box)
                     break
                 ann.remove()
@@ -193,6 +197,11 @@ def place_labels(jobs: list, renderer) -> int:
 def _darker(color, k: float = 0.6):
     """A method's colour darkened for text (still tells methods apart, and reads on white and in grey)."""
     return tuple(c * k for c in matplotlib.colors.to_rgb(color))
+
+
+def _gap(box, point) -> float:
+    """The distance from ``point`` to the nearest edge of ``box`` (0 inside it), in pixels."""
+    return math.hypot(max(box[0] - point[0], 0, point[0] - box[2]), max(box[1] - point[1], 0, point[1] - box[3]))
 
 
 def _overlap(a, b) -> bool:

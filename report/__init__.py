@@ -53,7 +53,7 @@ def render(run_dir, clean_floor: float | None = None, formats=FORMATS) -> dict[s
         out |= {f"figure:{fig.name}.{ext}": p for ext, p in fig.files.items()}
         for small in fig.paper:
             with style.paper():
-                small.files = save(small.draw, small.size, run.dir / "figures" / "paper" / small.name, exts)
+                small.files = save(small.draw, small.size, run.dir / "figures" / "paper" / small.name, exts, dpi=300)
             out |= {f"figure:paper/{small.name}.{ext}": p for ext, p in small.files.items()}
     if "html" in formats:
         from .html import render_html

@@ -35,7 +35,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
     notes = missing(table, pts, run.info)
     notes["tradeoff"][:0] = stale_results(run) + mixed_protocols(table, run.jobs)
     settings = list(pts.groupby(T.SETTING).groups)
-    robust = "aa" if T.has(pts, "aa") else "pgd"
+    robust, why = T.ranking(pts)
     ops = T.operating_points(pts, robust, floors) if T.has(pts, robust) else pd.DataFrame()
     dial = T.dial_cost(pts)
     s_trade = Section("tradeoff", "Trade-off: clean against robust accuracy",
@@ -49,7 +49,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                      + (f"{_pct(clean_floor)} (the floor set with --clean-floor)." if clean_floor is not None else
                         (f"{_pct(next(iter(floors.values())))}" if len(floors) == 1 else "the setting's floor")
                         + " (default floor: the best clean accuracy of the setting minus 5 points; set it with "
-                        "--clean-floor)."), notes=notes["complexity"])
+                        "--clean-floor).") + (f" {why}" if why else ""), notes=notes["complexity"])
     s_dial = Section("dial", "Cost of the dial",
                      "What one once-for-all model costs against the dedicated models it replaces (one per λ of "
                      "its grid).", notes=notes["dial"])
@@ -96,7 +96,8 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                 f"dial{suffix}", f"Cost of the dial{label}",
                 "Solid: one once-for-all model covering its whole λ grid. Hatched: one dedicated model per λ of "
                 "that grid, from this run's dedicated models (the model trained at that λ where there is one, "
-                "else the mean of the adversarially trained ones). Over each pair: dedicated ÷ one.",
+                "else the mean of the adversarially trained ones: \"k timed\" under a method says at how many λ of its "
+                "grid a dedicated model was timed). Over each pair: dedicated ÷ one.",
                 partial(cost_figures.draw_dial_cost, dial=d, methods=methods), (11, 4.6),
                 paper=[_paper(f"dial{suffix}", partial(cost_figures.draw_dial_cost, dial=d, methods=methods,
                                                        notes=False), cost_figures.dial_panels(d), 2)]))
@@ -165,14 +166,24 @@ def _attack_caption(pts: pd.DataFrame) -> str:
             continue
         used = pts[f"{short}_attack"].dropna().value_counts()
         tried = sorted({a for s in pts[f"{short}_attacks"].dropna() for a in s.split(", ")})
+        n = T.images(pts, short)
+        on = f" on {_images(pts, short)}" if n is not None else ""
+        which = ", ".join(f"{a} at {k} point{'s' if k > 1 else ''}" for a, k in used.items())
         if len(tried) == 1:
-            parts.append(f"{name}: {tried[0]}.")
-        else:
-            which = ", ".join(f"{a} at {n} point{'s' if n > 1 else ''}" for a, n in used.items())
+            parts.append(f"{name}: {tried[0]}{on}.")
+        elif pts[f"{short}_attacks"].dropna().str.contains(", ").any():  # several run at some point
             differ = "; a/b: the seeds' strongest differ" if any("/" in a for a in used.index) else ""
-            parts.append(f"{name}: the strongest (lowest accuracy) of {', '.join(tried)} for each seed at each "
-                         f"point ({which}{differ}).")
+            parts.append(f"{name}{on}: the strongest (lowest accuracy) of {', '.join(tried)} for each seed at "
+                         f"each point ({which}{differ}).")
+        else:  # one at each point, not the same everywhere (AutoAttack's rand version for a random forward)
+            parts.append(f"{name}{on}: {which}.")
     return " ".join(parts)
+
+
+def _images(pts: pd.DataFrame, short: str) -> str:
+    """"the first 25 test images" where fewer than the clean accuracy's, else "359 test images"."""
+    n, most = T.images(pts, short), max(filter(None, (T.images(pts, s) for s in ("pgd", "aa"))), default=0)
+    return f"the first {n:,} test images" if n < most else f"{n:,} test images"
 
 
 def _facts(run: Run, pts: pd.DataFrame, floors: dict) -> list[tuple[str, str]]:
@@ -183,6 +194,8 @@ def _facts(run: Run, pts: pd.DataFrame, floors: dict) -> list[tuple[str, str]]:
     return [("run", run.name), ("setting", "; ".join(settings)),
             ("methods", ", ".join(style.display(m) for m in style.method_order(t["method"]))),
             ("seeds", ", ".join(map(str, sorted(set(t["seed"]))))), ("device", device),
-            ("evaluated on", (", ".join(map(str, n_eval)) or "—") + " test images"),
+            ("evaluated on", (", ".join(map(str, n_eval)) or "—") + " test images"
+             + (f" (AutoAttack: the first {aa:,})" if (aa := T.images(pts, "aa")) and n_eval and aa < min(n_eval)
+                else "")),
             ("clean-accuracy floor", _pct(next(iter(floors.values()))) if len(set(floors.values())) == 1 else
              "; ".join(f"{_pct(f)} ({d} · {a} · ε = {fmt_eps(e)})" for (d, a, e), f in floors.items()))]

@@ -113,6 +113,15 @@ def dial_panels(dial: pd.DataFrame) -> int:
     return int(has(dial, "ofa_params")) + int(has(dial, "ofa_time"))
 
 
+def _dial_tick(row, one: str) -> str:
+    """A once-for-all method's tick: its name and grid size; under training time also how many of the grid's
+    dedicated models were timed (the rest of the hatched bar is the timed adversarial ones' mean)."""
+    n, timed = int(row["lambdas"]), int(row["ded_measured"])
+    estimated = one == "ofa_time" and row["ded_models"] and pd.notna(row["ded_time"]) and timed < n
+    note = f", {timed} timed" if estimated else ""
+    return f"{style.mpl_text(style.display(row['method']))}\n({n} grid λ{note})"
+
+
 def draw_dial_cost(fig, dial: pd.DataFrame, methods: list[str], notes: bool = True) -> None:
     """Per once-for-all method: one model's stored parameters and training time versus one dedicated model per
     lambda of its grid (hatched), with the ratio written over the pair (what was not measured: in a panel of
@@ -143,8 +152,7 @@ def draw_dial_cost(fig, dial: pd.DataFrame, methods: list[str], notes: bool = Tr
                        "no adversarially\ntrained dedicated\nmodel timed")
                 ax.text(i + 0.2, a * (1.03 if spread else 0.05), why, ha="center", va="bottom", fontsize=style.size(8),
                         color="0.3")
-        ax.set_xticks(np.arange(len(order)), [f"{style.mpl_text(style.display(m))}\n"
-                      f"({int(dial.loc[dial['method'] == m, 'lambdas'].iloc[0])} grid λ)" for m in order])
+        ax.set_xticks(np.arange(len(order)), [_dial_tick(dial[dial["method"] == m].iloc[0], one) for m in order])
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.margins(y=0.15)

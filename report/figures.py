@@ -34,14 +34,15 @@ LABEL_OFFSETS = [((5, 4), "left", "bottom"), ((5, -5), "left", "top"), ((-5, 4),
                  ((9, 0), "left", "center"), ((-9, 0), "right", "center")]
 
 
-def save(draw, size: tuple[float, float], stem: Path, exts=("png", "pdf")) -> dict[str, Path]:
-    """Draw into a new figure of ``size`` inches and save it as ``stem``.png and ``stem``.pdf (``exts``)."""
+def save(draw, size: tuple[float, float], stem: Path, exts=("png", "pdf"), dpi: int = 150) -> dict[str, Path]:
+    """Draw into a new figure of ``size`` inches and save it as ``stem``.png (``dpi``) and ``stem``.pdf
+    (vector; ``exts``)."""
     fig = new_figure(size, layout="constrained")
     draw(fig)
     out = {}
     for ext in exts:
         path = stem.parent / f"{stem.name}.{ext}"  # not with_suffix: "...-eps0.1" would lose its ".1"
-        out[ext] = write_atomic(path, lambda f, ext=ext: fig.savefig(f, format=ext, dpi=150))
+        out[ext] = write_atomic(path, lambda f, ext=ext: fig.savefig(f, format=ext, dpi=dpi))
     return out
 
 
@@ -97,8 +98,7 @@ def plot_method(ax, pts: pd.DataFrame, method: str, methods, x: str, y: str, sca
     line = rows["kind"].iloc[0] == "ofa"
     ax.plot(xs, ys, color=look["color"], marker=look["marker"], linestyle=look["linestyle"] if line else "none",
             markersize=style.size(6), markeredgecolor=_darker(look["color"], 0.45), markeredgewidth=0.7,
-            linewidth=style.size(1.6),
-            zorder=3)
+            linewidth=style.size(1.6), zorder=3 if line else 3.5)  # (a dedicated point over a line's marker)
     xe = rows[f"{x}_sd"].to_numpy(float) * scale[0] if f"{x}_sd" in rows else None
     ye = rows[f"{y}_sd"].to_numpy(float) * scale[1] if f"{y}_sd" in rows else None
     if (xe is not None and pd.notna(xe).any()) or (ye is not None and pd.notna(ye).any()):
@@ -171,6 +171,7 @@ def place_labels(jobs: list, renderer) -> int:
     Needs the layout done (``finish`` calls it)."""
     skipped = 0
     for ax, items in jobs:
+        items = _stacked(items)
         points = [tuple(ax.transData.transform((x, y))) for x, y, _, _ in items]
         taken = [(px - 4, py - 4, px + 4, py + 4) for px, py in points]
         frame = ax.get_window_extent(renderer)
@@ -194,6 +195,19 @@ def place_labels(jobs: list, renderer) -> int:
     return skipped
 
 
+def _stacked(items: list) -> list:
+    """``items`` with the points of one colour (method) at the same place as one, their labels joined
+    ("0.1, 0.2, 0.4"; "λ=0.1, 0.2"): one label would otherwise name one λ for the stack."""
+    stacks: dict = {}
+    for x, y, text, color in items:
+        stacks.setdefault((x, y, tuple(matplotlib.colors.to_rgb(color))), (x, y, [], color))[2].append(text)
+    out = []
+    for x, y, texts, color in stacks.values():
+        head, _, _ = texts[0].rpartition("=")
+        out.append((x, y, ", ".join([texts[0]] + [t[len(head) + 1:] if head else t for t in texts[1:]]), color))
+    return out
+
+
 def _darker(color, k: float = 0.6):
     """A method's colour darkened for text (still tells methods apart, and reads on white and in grey)."""
     return tuple(c * k for c in matplotlib.colors.to_rgb(color))
@@ -208,14 +222,23 @@ def _overlap(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _pad_limits(ax, pad: float = 0.1, least: float = 4.0) -> None:
+def _pad_limits(ax, pad: float = 0.1, least: float = 4.0, axis: str = "xy") -> None:
     """Widen the autoscaled limits (which hold points and error bars) by ``pad`` of their span, to at least
-    ``least`` percentage points, so λ labels fit and close accuracies do not look far apart."""
-    for get, set_ in ((ax.get_xlim, ax.set_xlim), (ax.get_ylim, ax.set_ylim)):
+    ``least`` percentage points, so λ labels fit and close accuracies do not look far apart; never further
+    than a marker's room past 0% or 100% (accuracies live there)."""
+    for name, get, set_ in (("x", ax.get_xlim, ax.set_xlim), ("y", ax.get_ylim, ax.set_ylim)):
+        if name not in axis:
+            continue
         lo, hi = get()
         span = max(hi - lo, least)
         mid = (lo + hi) / 2
-        set_(mid - span * (0.5 + pad), mid + span * (0.5 + pad))
+        lo, hi = mid - span * (0.5 + pad), mid + span * (0.5 + pad)
+        room = 0.04 * (hi - lo)
+        if hi > 100 + room:  # shifted back inside rather than cut
+            lo, hi = lo - (hi - 100 - room), 100 + room
+        if lo < -room:
+            lo, hi = -room, min(hi + (-room - lo), 100 + room)
+        set_(lo, hi)
 
 
 def draw_tradeoff(fig, pts: pd.DataFrame, methods: list[str], robusts=("pgd", "aa")) -> None:
@@ -254,14 +277,20 @@ def draw_tradeoff(fig, pts: pd.DataFrame, methods: list[str], robusts=("pgd", "a
 def draw_lambda(fig, pts: pd.DataFrame, methods: list[str]) -> None:
     """Clean, PGD and (when present) AutoAttack accuracy against lambda, one panel each."""
     panels = [("clean_acc", "clean")] + [(r, ROBUST_NAMES[r]) for r in ("pgd", "aa") if has(pts, r)]
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax in axes[2:]:  # the robust panels share their scale; clean accuracy has its own (97–99% would be flat
+        ax.sharey(axes[1])  # on a 0–100% axis shared with robust accuracy)
     for ax, (col, name) in zip(axes, panels):
         for m in methods:
             plot_method(ax, pts, m, methods, "lambda", col, scale=(1, 100))
         ax.set_title(f"{name} accuracy")
         ax.set_xlabel("λ")
         ax.set_xlim(-0.05, 1.05)
-    axes[0].set_ylabel("accuracy (%)")
+    for ax in axes[:2]:  # (the third shares the second's limits)
+        _pad_limits(ax, axis="y")
+        ax.set_ylabel("accuracy (%)")
+    for ax in axes[2:]:
+        ax.tick_params(labelleft=False)
     handles = legend_handles(pts, methods) + flagged_handle(pts)
     legend(fig, handles, 5)
     finish(fig)

@@ -94,9 +94,10 @@ def mpl_text(text: str) -> str:
 #: the report's figures' base font size (seaborn's "paper" context at font_scale 1.15); hand-set sizes
 #: (``size``) are written for it
 REPORT_FONT = 11.04
-#: the paper-sized figures (``paper``): 8 pt text at 100% in a 3.4 in column or a 7 in page, as journals ask
+#: the paper-sized figures (``paper``), at 100% in a 3.4 in column or a 7 in page: 8 pt labels and titles,
+#: 7 pt ticks and legends, 6 pt λ numbers (journals ask for 6–8 pt)
 PAPER_RC = {"font.size": 8, "axes.labelsize": 8, "axes.titlesize": 8.5, "xtick.labelsize": 7,
-            "ytick.labelsize": 7, "legend.fontsize": 7, "legend.title_fontsize": 6.5, "lines.linewidth": 1.0,
+            "ytick.labelsize": 7, "legend.fontsize": 7, "legend.title_fontsize": 7, "lines.linewidth": 1.0,
             "axes.linewidth": 0.6, "grid.linewidth": 0.5, "xtick.major.width": 0.6, "ytick.major.width": 0.6,
             "xtick.major.size": 2.5, "ytick.major.size": 2.5, "hatch.linewidth": 0.6}
 #: paper figure widths, inches

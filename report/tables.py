@@ -71,7 +71,8 @@ def points(table: pd.DataFrame) -> pd.DataFrame:
         # never a seed's weaker attack standing in for it
         worst = acc.loc[acc.groupby(POINT + ["seed"])["value"].idxmin()]
         g = worst.groupby(POINT).agg(**{short: ("value", "mean"), f"{short}_sd": ("value", "std"),
-                                        f"{short}_attack": ("attack", _by_count)}).reset_index()
+                                        f"{short}_attack": ("attack", _by_count),
+                                        f"{short}_n": ("n", "min")}).reset_index()
         tried = acc.groupby(POINT)["attack"].agg(lambda a: ", ".join(sorted(set(a)))).rename(f"{short}_attacks")
         pts = pts.merge(g, on=POINT, how="left").merge(tried.reset_index(), on=POINT, how="left")
     if "clean_acc" not in pts:  # every clean value NaN: the point stays, without one
@@ -119,6 +120,29 @@ def mark_fronts(pts: pd.DataFrame) -> None:
             for _, g in pts.groupby(SETTING):
                 ok = g.dropna(subset=[short, "clean_acc"])
                 pts.loc[ok.index, f"{short}_front"] = pareto(ok, short, "clean_acc")
+
+
+#: AutoAttack on fewer test images than this (and than PGD) is too coarse to rank the operating points by
+#: (25 images: 4-point steps, ±15 points at 95%); RobustBench scores on 1,000
+RANK_AA_N = 1000
+
+
+def images(pts: pd.DataFrame, short: str) -> int | None:
+    """The fewest test images ``short``'s accuracies (``pgd``, ``aa``) were measured on; None: not measured."""
+    col = f"{short}_n"
+    return int(pts[col].min()) if col in pts and pts[col].notna().any() else None
+
+
+def ranking(pts: pd.DataFrame) -> tuple[str, str]:
+    """The robust accuracy the operating points are ranked by: AutoAttack's where it ran on enough test images
+    (``RANK_AA_N``, or as many as PGD's), else PGD's; and a sentence saying why, when PGD's stands in."""
+    if not has(pts, "aa"):
+        return "pgd", ""
+    aa, pgd = images(pts, "aa"), images(pts, "pgd")
+    if has(pts, "pgd") and aa is not None and pgd is not None and aa < min(pgd, RANK_AA_N):
+        return "pgd", (f"Ranked by PGD accuracy: AutoAttack ran on only {aa} test images (PGD on {pgd}), too few "
+                       f"to rank by (raise --aa-n, e.g. to {RANK_AA_N}).")
+    return "aa", ""
 
 
 def operating_points(pts: pd.DataFrame, robust: str, floors: dict) -> pd.DataFrame:

@@ -39,8 +39,12 @@ def point_table(pts: pd.DataFrame, flags: pd.DataFrame, methods: list[str], mult
     ``tables.mark_flags``; ``flags``: every check's row from ``tables.flags``: without any, the flags column is
     left out)."""
     cols = [("clean", lambda r: fmt.acc(r["clean_acc"], r.get("clean_acc_sd")), "clean_acc")]
+    sizes = {s: T.images(pts, s) for s in ("pgd", "aa")}
     for short, name in (("pgd", "PGD"), ("aa", "AA")):
-        cols.append((name, lambda r, s=short: fmt.acc(r.get(s), r.get(f"{s}_sd")), short))
+        n = sizes[short]
+        fewer = n is not None and n < max(filter(None, sizes.values()))  # than the other attack: say so
+        cols.append((f"{name} (first {n:,})" if fewer else name, lambda r, s=short: fmt.acc(r.get(s), r.get(f"{s}_sd")),
+                     short))
         if T.has(pts, short) and pts[f"{short}_attack"].nunique() > 1:
             cols.append((f"{name} attack", lambda r, s=short: r.get(f"{s}_attack") or fmt.DASH, short))
     cols.append(("noise σ", lambda r: fmt.acc(r.get("clean_acc_std")), "clean_acc_std"))

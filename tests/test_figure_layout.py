@@ -5,6 +5,7 @@ rendering inputs only."""
 import contextlib
 import math
 
+import matplotlib.colors
 import matplotlib.text
 import pytest
 
@@ -12,7 +13,7 @@ from report import render, style
 from report.content import build
 from report.figures import new_figure
 from report.load import load_run
-from test_report import _run, _synthetic
+from test_report import _run, _synthetic  # noqa: F401
 
 PAPER = {"tradeoff-pgd": 3.4, "tradeoff-aa": 3.4, "lambda": 7.0, "complexity": 7.0, "dial": 7.0}
 
@@ -103,3 +104,56 @@ def test_every_lambda_label_is_nearest_its_own_point(paper):
                     own = _gap(bb, ax.transData.transform(ann.xy))
                     assert all(_gap(bb, q) >= own - 1 for q in points), (spec.name, ann.get_text())
     assert shown >= 0.5 * total, (shown, total)
+
+
+def _drawn(spec, ctx=contextlib.nullcontext):
+    with ctx():
+        fig = new_figure(spec.size, layout="constrained")
+        spec.draw(fig)
+    return fig
+
+
+def test_lambda_figure_gives_clean_accuracy_its_own_scale(paper):
+    """Clean accuracy has its own axis (97–99% on digits were flat lines on a 0–100% axis shared with robust
+    accuracy); PGD and AutoAttack share theirs; no axis runs much past what accuracy can be."""
+    run, _ = paper
+    lam = next(f for f in build(load_run(run)).figures if f.name == "lambda")
+    clean, pgd, aa = _drawn(lam).axes[:3]
+    assert not clean.get_shared_y_axes().joined(clean, pgd) and pgd.get_shared_y_axes().joined(pgd, aa)
+    for ax in (clean, pgd):
+        span = ax.get_ylim()[1] - ax.get_ylim()[0]
+        assert ax.get_ylim()[1] <= 100 + 0.05 * span and ax.get_ylim()[0] >= -0.05 * span
+
+
+def test_points_at_one_place_are_one_label_and_dedicated_points_lie_on_top(tmp_path):
+    """One method's points at the same place get one label naming each λ ("0.1, 0.2"), not one λ for the
+    stack; a dedicated model's marker is drawn over a once-for-all line's."""
+    def stack(t):  # OAT at λ = 0.1, 0.2 and 0.3: the same accuracies, every seed
+        t = _synthetic(t)
+        for metric, value in (("clean_acc", 0.5), ("pgd_acc", 0.3), ("aa_acc", 0.28)):
+            t.loc[(t["method"] == "oat") & (t["metric"] == metric) & t["lambda"].isin([0.1, 0.2, 0.3]), "value"] = value
+        return t
+    run = _run(tmp_path, stack)
+    style.setup()
+    trade = next(f for f in build(load_run(run)).figures if f.name == "tradeoff")
+    fig = _drawn(trade)
+    methods = style.method_order(load_run(run).table["method"])
+    oat = tuple(c * 0.6 for c in matplotlib.colors.to_rgb(style.look("oat", methods)["color"]))  # (its labels')
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts if isinstance(t, matplotlib.text.Annotation)
+             and matplotlib.colors.to_rgb(t.get_color()) == pytest.approx(oat)]
+    assert "0.1, 0.2, 0.3" in texts and not {"0.1", "0.2", "0.3"} & set(texts)
+    orders = [(ln.get_linestyle() == "None", ln.get_zorder()) for ln in fig.axes[0].lines
+              if ln.get_marker() in style.MARKERS]
+    assert min(z for dedicated, z in orders if dedicated) > max(z for dedicated, z in orders if not dedicated)
+
+
+def test_dial_says_how_many_dedicated_models_were_timed_and_paper_pngs_are_300_dpi(paper):
+    """The dial's hatched time bar is partly the timed models' mean: the tick says how many of the grid were
+    timed (the fixture's PGD-AT: at 2 of FLOAT's 11 λ). Paper PNGs are 300 dpi (1,020 px across a column)."""
+    run, figs = paper
+    dial = next(f for f in build(load_run(run)).figures if f.name == "dial")
+    ticks = [t.get_text() for ax in _drawn(dial).axes for t in ax.get_xticklabels()]
+    assert any(t.endswith("(11 grid λ, 2 timed)") for t in ticks), ticks
+    from PIL import Image
+    render(run, formats=("html",))
+    assert Image.open(run / "figures" / "paper" / "tradeoff-aa.png").size[0] == 1020

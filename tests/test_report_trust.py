@@ -190,3 +190,34 @@ def test_a_run_without_any_clean_value_still_renders_its_tables(tmp_path):
     run, pts = _pts(tmp_path, no_clean)
     assert pts["clean_acc"].isna().all() and pts["pgd"].notna().all()
     assert any("hold no value" in n for n in build(run).notes)
+
+
+def _small_aa(t):
+    """SYNTHETIC AutoAttack rows (test_report's) on the first 25 test images, PGD on all 100; FLOAT's (EVIL's)
+    with the rand version, as where its forward is random."""
+    from test_report import EVIL, _synthetic
+    t = _synthetic(t)
+    aa = t["metric"] == "aa_acc"
+    t.loc[aa, "n"] = 25
+    t.loc[aa & (t["method"] == EVIL), "attack"] = "aa-rand"
+    return t
+
+
+def test_autoattack_on_fewer_images_is_said_and_not_ranked_by(tmp_path):
+    """AutoAttack on the first 25 images beside PGD on 100 (the smoke preset's --aa-n): every place that shows
+    it says on how many, and the operating points are ranked by PGD (25 images: 4-point steps), with the
+    reason; a point with one AutoAttack version is not said to be the strongest of several."""
+    report = build(load_run(_run(tmp_path, _small_aa)))
+    sections = {s.id: s for s in report.sections}
+    assert dict(report.facts)["evaluated on"] == "100 test images (AutoAttack: the first 25)"
+    trade = sections["tradeoff"].figures[0].caption
+    assert "PGD on 100 test images: the strongest" in trade
+    assert "AutoAttack on the first 25 test images: aa-rand at 11 points, aa-standard at 9 points." in trade
+    cost = sections["complexity"]
+    assert "Ranked by PGD accuracy: AutoAttack ran on only 25 test images (PGD on 100)" in cost.intro
+    assert "PGD" in cost.tables[0].columns and "AA" not in cost.tables[0].columns
+    assert "AA (first 25)" in sections["tables"].tables[0].columns
+    same = build(load_run(_run(tmp_path, lambda t: _small_aa(t).assign(n=25), name="same")))  # as many: AA ranks
+    assert "Ranked by PGD" not in {s.id: s for s in same.sections}["complexity"].intro
+    assert "AA" in {s.id: s for s in same.sections}["complexity"].tables[0].columns
+    assert "first" not in dict(same.facts)["evaluated on"]

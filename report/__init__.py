@@ -55,6 +55,8 @@ def render(run_dir, clean_floor: float | None = None, formats=FORMATS) -> dict[s
             with style.paper():
                 small.files = save(small.draw, small.size, run.dir / "figures" / "paper" / small.name, exts, dpi=300)
             out |= {f"figure:paper/{small.name}.{ext}": p for ext, p in small.files.items()}
+    from .latex import write_tables
+    out |= write_tables(report, run.dir / "tables")
     if "html" in formats:
         from .html import render_html
         out["html"] = render_html(report, run.dir, run.dir / "report.html")

@@ -40,6 +40,8 @@ def main(argv=None) -> int:
             print(f"{key}: {out[key]}{extra}")
     print(f"figures: {len(out.figures)} in {Path(args.run_dir) / 'figures'} (PNG and PDF), sized for a paper "
           f"in {Path(args.run_dir) / 'figures' / 'paper'}")
+    tables = sum(k.startswith("table:") and k.endswith(".csv") for k in out)
+    print(f"tables: {tables} in {Path(args.run_dir) / 'tables'} (CSV and LaTeX)")
     for note in out.notes:
         print(f"note: {note}")
     return 0

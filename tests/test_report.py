@@ -145,6 +145,22 @@ def test_synthetic_metrics_render(synthetic):
     assert not any("AutoAttack" in n or "non-zero" in n for n in out.notes)
 
 
+def test_tables_are_written_for_a_paper(synthetic):
+    """Every report table also as <run>/tables/<id>.csv (the cells as shown) and .tex (booktabs, with the
+    report's symbols as LaTeX math and LaTeX's specials escaped), linked from the HTML."""
+    from report.latex import tex
+    run, out, html = synthetic
+    frame = pd.read_csv(run / "tables" / "per-lambda.csv", dtype=str, keep_default_na=False)
+    assert "clean" in frame.columns and frame["method"].str.contains("OAT").any()
+    assert any("±" in v for v in frame["clean"])
+    latex = (run / "tables" / "per-lambda.tex").read_text()
+    assert "\\toprule" in latex and "\\begin{tabular}" in latex and "$\\pm$" in latex and "$\\lambda$" in latex
+    for name in ("per-lambda", "models", "operating", "dial", "flags", "config"):
+        assert (run / "tables" / f"{name}.tex").exists() and f'href="tables/{name}.csv"' in html
+        assert not set((run / "tables" / f"{name}.tex").read_text()) & set("±λεσ≥×÷★⚠—·")
+    assert tex("50% of a_b & c ≥ 0.8 ± 1 {x}") == r"50\% of a\_b \& c $\geq$ 0.8 $\pm$ 1 \{x\}"
+
+
 def test_one_lambda(tmp_path):
     out = render(_run(tmp_path, lambda t: t[(t["lambda"] == 1.0) | t["lambda"].isna()]), formats=("html",))
     html = out["html"].read_text()

@@ -1,0 +1,51 @@
+"""The report's tables as files for a paper: ``<run>/tables/<id>.csv`` (the cells as the report shows them)
+and ``<id>.tex`` (a booktabs ``table`` with the report's title as caption, written by pandas; needs
+``\\usepackage{booktabs}``). The symbols the report uses become LaTeX math, so the file compiles with pdfLaTeX."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from harness.atomic import write_atomic
+
+from .document import Report, Table
+
+#: LaTeX's special characters, escaped first
+SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+#: the report's symbols, then
+SYMBOLS = {"±": r"$\pm$", "λ": r"$\lambda$", "ε": r"$\epsilon$", "σ": r"$\sigma$", "≥": r"$\geq$", "≤": r"$\leq$",
+           "×": r"$\times$", "÷": r"$\div$", "★": r"$\star$", "⚠": r"\textbf{!}", "—": "---", "–": "--", "…": r"\dots{}",
+           "→": r"$\to$", "·": r"$\cdot$", "−": "-"}
+_SPECIAL = re.compile("|".join(map(re.escape, SPECIAL)))
+
+
+def tex(text: str) -> str:
+    """``text`` as LaTeX: specials escaped, the report's symbols as math; any other non-ASCII character left
+    as it is (pdfLaTeX with ``\\usepackage[utf8]{inputenc}`` takes Latin letters)."""
+    out = _SPECIAL.sub(lambda m: SPECIAL[m.group()], str(text))
+    for symbol, latex in SYMBOLS.items():
+        out = out.replace(symbol, latex)
+    return out
+
+
+def write_tables(report: Report, folder: Path) -> dict[str, Path]:
+    """Write every table of ``report`` as ``folder/<id>.csv`` and ``.tex``; returns "table:<id>.<ext>" -> path."""
+    out = {}
+    for section in report.sections:
+        for table in section.tables:
+            frame = pd.DataFrame(table.rows, columns=table.columns)
+            out[f"table:{table.id}.csv"] = write_atomic(folder / f"{table.id}.csv",
+                                                       lambda f, d=frame: f.write(d.to_csv(index=False).encode()))
+            out[f"table:{table.id}.tex"] = write_atomic(folder / f"{table.id}.tex",
+                                                       lambda f, t=table: f.write(_latex(t).encode()))
+    return out
+
+
+def _latex(table: Table) -> str:
+    frame = pd.DataFrame([[tex(c) for c in row] for row in table.rows], columns=[tex(c) for c in table.columns])
+    caption = tex(table.title + (f". {table.caption}" if table.caption else ""))
+    return frame.to_latex(index=False, escape=False, caption=caption, label=f"tab:lambench-{table.id}",
+                          column_format="l" * len(table.columns))

@@ -4,7 +4,8 @@
     render("results/smoke")                       # {"html": .../report.html, "pdf": .../report.pdf, ...}
     python -m report results/smoke --clean-floor 0.8
 
-Figures are also saved, as PNG and PDF, under ``results/<run>/figures/``. Nothing is retrained: everything
+Figures are also saved, as PNG and PDF, under ``results/<run>/figures/`` (and sized for a paper under
+``figures/paper/``), and the tables as CSV and LaTeX under ``results/<run>/tables/``. Nothing is retrained: everything
 comes from ``results.csv`` and ``run.json``. Whatever a run lacks (AutoAttack, complexity, a second method or
 λ) is rendered anyway and named in the report.
 """
@@ -27,7 +28,8 @@ class Rendered(dict):
 
 def render(run_dir, clean_floor: float | None = None, formats=FORMATS) -> dict[str, Path]:
     """Render the report of the run in ``run_dir``; return the paths written: "html", "pdf", and each
-    figure's files as "figure:<name>.png" / "figure:<name>.pdf" (a ``Rendered`` dict). ``clean_floor`` (a
+    figure's files as "figure:<name>.png" / "figure:<name>.pdf" ("figure:paper/<name>.png": its paper-sized
+    version) and each table's as "table:<id>.csv" / "table:<id>.tex" (a ``Rendered`` dict). ``clean_floor`` (a
     fraction in [0, 1]) picks the second operating point of the complexity figure; None: each setting's best
     clean accuracy minus 5 points. ``formats`` picks the outputs: "html" writes report.html and the figures as PNG,
     "pdf" writes report.pdf and the figures as PDF (vector, for papers)."""

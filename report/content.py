@@ -35,8 +35,14 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
     notes = missing(table, pts, run.info)
     notes["tradeoff"][:0] = stale_results(run) + mixed_protocols(table, run.jobs)
     settings = list(pts.groupby(T.SETTING).groups)
-    robust, why = T.ranking(pts)
-    ops = T.operating_points(pts, robust, floors) if T.has(pts, robust) else pd.DataFrame()
+    subs = {k: pts[(pts[T.SETTING] == pd.Series(dict(zip(T.SETTING, k)))).all(axis=1)] for k in settings}
+    ranks = {k: T.ranking(sub) for k, sub in subs.items()}  # each setting's own (its own AutoAttack sample)
+    ops = [T.operating_points(subs[k], r, floors).assign(ranked_by=r) for k, (r, _) in ranks.items()
+           if T.has(subs[k], r)]
+    ops = pd.concat([o for o in ops if len(o)], ignore_index=True) if any(len(o) for o in ops) else pd.DataFrame()
+    by = {r for r, _ in ranks.values()}
+    robust_name = (f"{figures.ROBUST_NAMES[by.pop()]} accuracy" if len(by) == 1 else
+                   "robust accuracy (AutoAttack's, or PGD's where a setting's figure says so)")
     dial = T.dial_cost(pts)
     s_trade = Section("tradeoff", "Trade-off: clean against robust accuracy",
                       "Which method gives the best trade-off: each once-for-all model is one line through the "
@@ -44,17 +50,18 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                       notes=notes["tradeoff"])
     s_lambda = Section("lambda", "Accuracy against λ", "What the dial does: accuracy at each λ.")
     s_cost = Section("complexity", "Complexity: robust accuracy against cost",
-                     f"At what cost: {figures.ROBUST_NAMES[robust]} accuracy of each method at its best λ and at "
+                     f"At what cost: {robust_name} of each method at its best λ and at "
                      f"the best λ whose clean accuracy is at least "
                      + (f"{_pct(clean_floor)} (the floor set with --clean-floor)." if clean_floor is not None else
                         (f"{_pct(next(iter(floors.values())))}" if len(floors) == 1 else "the setting's floor")
                         + " (default floor: the best clean accuracy of the setting minus 5 points; set it with "
-                        "--clean-floor).") + (f" {why}" if why else ""), notes=notes["complexity"])
+                        "--clean-floor)."), notes=notes["complexity"])
     s_dial = Section("dial", "Cost of the dial",
                      "What one once-for-all model costs against the dedicated models it replaces (one per λ of "
                      "its grid).", notes=notes["dial"])
     for setting in settings:
-        sub = pts[(pts[T.SETTING] == pd.Series(dict(zip(T.SETTING, setting)))).all(axis=1)]
+        sub = subs[setting]
+        robust, why = ranks[setting]
         suffix, label = _setting_names(setting, len(settings))
         floor = floors[setting]
         warn = [flag_line(r) for _, r in flagged.iterrows() if _in(r, setting)]
@@ -84,7 +91,8 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                 f"{figures.ROBUST_NAMES[robust]} accuracy at each method's best λ (filled) and at the best λ with "
                 f"clean accuracy ≥ {_pct(floor)} (hollow; none when the best λ already reaches that floor, or when "
                 "no λ does), against parameters, MACs, training wall-clock and training peak memory. For "
-                "dedicated models, the one model at that λ." + (figures.FLAGGED_CAPTION if _flagged(o) else ""),
+                "dedicated models, the one model at that λ." + (f" {why}" if why else "")
+                + (figures.FLAGGED_CAPTION if _flagged(o) else ""),
                 partial(cost_figures.draw_complexity, ops=o, robust=robust, methods=methods, floor=floor),
                 cost_figures.complexity_size(o), warnings=[_flag_point(r) for _, r in o[T.flagged(o)].iterrows()],
                 paper=[_paper(f"complexity{suffix}", partial(cost_figures.draw_complexity, ops=o, robust=robust,
@@ -109,7 +117,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                                     f"hollow marker for {'it' if len(short) == 1 else 'them'}.")
     multi = len(settings) > 1
     if len(ops):
-        s_cost.tables.append(operating_table(ops, robust, methods, multi))
+        s_cost.tables.append(operating_table(ops, methods, multi))
     if len(dial):
         s_dial.tables.append(dial_table(dial, methods, multi))
     s_tables = Section("tables", "Results per method and λ",
@@ -132,6 +140,18 @@ def _paper(name: str, draw, panels: int, entries: int) -> Figure:
     rows = -(-entries // (1 if width == style.COLUMN else 4))  # (about: the legend takes the columns that fit)
     return Figure(name, "", "", draw, (width, (2.4 if panels == 1 else 2.1) * (1 + (panels > 3)) + 0.35
                                        + 0.16 * rows))
+
+
+def _aa_fact(pts: pd.DataFrame) -> str:
+    """" (AutoAttack: the first 25)" where AutoAttack ran on fewer test images than the rest; per setting
+    where that differs between settings."""
+    short, settings = T.short_aa(pts), pts.groupby(T.SETTING).ngroups
+    if not short:
+        return ""
+    if len(set(short.values())) == 1 and len(short) == settings:
+        return f" (AutoAttack: the first {next(iter(short.values())):,})"
+    return " (AutoAttack: " + "; ".join(f"the first {n:,} in {d} · {a} · ε = {fmt_eps(e)}"
+                                        for (d, a, e), n in short.items()) + ")"
 
 
 def _pct(v) -> str:
@@ -181,8 +201,8 @@ def _attack_caption(pts: pd.DataFrame) -> str:
 
 
 def _images(pts: pd.DataFrame, short: str) -> str:
-    """"the first 25 test images" where fewer than the clean accuracy's, else "359 test images"."""
-    n, most = T.images(pts, short), max(filter(None, (T.images(pts, s) for s in ("pgd", "aa"))), default=0)
+    """"the first 25 test images" where fewer than another accuracy's (clean, PGD), else "359 test images"."""
+    n, most = T.images(pts, short), max(filter(None, (T.images(pts, s) for s in ("clean", "pgd", "aa"))), default=0)
     return f"the first {n:,} test images" if n < most else f"{n:,} test images"
 
 
@@ -194,8 +214,6 @@ def _facts(run: Run, pts: pd.DataFrame, floors: dict) -> list[tuple[str, str]]:
     return [("run", run.name), ("setting", "; ".join(settings)),
             ("methods", ", ".join(style.display(m) for m in style.method_order(t["method"]))),
             ("seeds", ", ".join(map(str, sorted(set(t["seed"]))))), ("device", device),
-            ("evaluated on", (", ".join(map(str, n_eval)) or "—") + " test images"
-             + (f" (AutoAttack: the first {aa:,})" if (aa := T.images(pts, "aa")) and n_eval and aa < min(n_eval)
-                else "")),
+            ("evaluated on", (", ".join(map(str, n_eval)) or "—") + " test images" + _aa_fact(pts)),
             ("clean-accuracy floor", _pct(next(iter(floors.values()))) if len(set(floors.values())) == 1 else
              "; ".join(f"{_pct(f)} ({d} · {a} · ε = {fmt_eps(e)})" for (d, a, e), f in floors.items()))]

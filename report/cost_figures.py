@@ -65,7 +65,7 @@ def draw_complexity(fig, ops: pd.DataFrame, robust: str, methods: list[str], flo
             ax.scatter(flo[col], flo[robust] * 100, marker=look["marker"], s=style.size(8.4) ** 2, facecolors="white",
                        edgecolors=look["color"], linewidths=style.size(1.6), zorder=4)
             ring_flagged(ax, rows[col].to_numpy(float), rows[robust].to_numpy(float) * 100, rows)
-            items += [(x, y * 100, f"λ={lam:g}", look["color"]) for x, y, lam in
+            items += [(x, y * 100, f"λ={lam:g}", look["color"], m) for x, y, lam in
                       zip(rows[col], rows[robust], rows["lambda"])]  # one row per distinct point
         _cost_scale(ax, ops[col].dropna(), TICKS.get(col, fmt.number))
         ax.set_ylim(*_padded([i[1] for i in items], 0.15))

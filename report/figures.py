@@ -105,7 +105,7 @@ def plot_method(ax, pts: pd.DataFrame, method: str, methods, x: str, y: str, sca
         ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt="none", ecolor=look["color"], elinewidth=0.7, capsize=1.5,
                     alpha=0.45, zorder=2)
     ring_flagged(ax, xs, ys, rows)
-    return [(a, b, f"{lam:g}", look["color"]) for a, b, lam in zip(xs, ys, rows["lambda"])]
+    return [(a, b, f"{lam:g}", look["color"], method) for a, b, lam in zip(xs, ys, rows["lambda"])]
 
 
 def ring_flagged(ax, xs, ys, rows: pd.DataFrame) -> None:
@@ -172,7 +172,7 @@ def place_labels(jobs: list, renderer) -> int:
     skipped = 0
     for ax, items in jobs:
         items = _stacked(items)
-        points = [tuple(ax.transData.transform((x, y))) for x, y, _, _ in items]
+        points = [tuple(ax.transData.transform((x, y))) for x, y, _, _ in items]  # (after _stacked: 4 each)
         taken = [(px - 4, py - 4, px + 4, py + 4) for px, py in points]
         frame = ax.get_window_extent(renderer)
         for i, (x, y, text, color) in enumerate(items):
@@ -196,11 +196,12 @@ def place_labels(jobs: list, renderer) -> int:
 
 
 def _stacked(items: list) -> list:
-    """``items`` with the points of one colour (method) at the same place as one, their labels joined
-    ("0.1, 0.2, 0.4"; "λ=0.1, 0.2"): one label would otherwise name one λ for the stack."""
+    """``items`` ((x, y, text, colour, method) each) with one method's points at the same place as one, their
+    labels joined ("0.1, 0.2, 0.4"; "λ=0.1, 0.2"): one label would otherwise name one λ for the stack.
+    Returns (x, y, text, colour) items."""
     stacks: dict = {}
-    for x, y, text, color in items:
-        stacks.setdefault((x, y, tuple(matplotlib.colors.to_rgb(color))), (x, y, [], color))[2].append(text)
+    for x, y, text, color, method in items:
+        stacks.setdefault((x, y, method), (x, y, [], color))[2].append(text)
     out = []
     for x, y, texts, color in stacks.values():
         head, _, _ = texts[0].rpartition("=")

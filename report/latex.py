@@ -1,6 +1,7 @@
 """The report's tables as files for a paper: ``<run>/tables/<id>.csv`` (the cells as the report shows them)
-and ``<id>.tex`` (a booktabs ``table`` with the report's title as caption, written by pandas; needs
-``\\usepackage{booktabs}``). The symbols the report uses become LaTeX math, so the file compiles with pdfLaTeX."""
+and ``<id>.tex`` (a booktabs ``table``, or ``longtable`` past ``LONG`` rows, with the report's title as
+caption, written by pandas; its first line names the packages). The symbols the report uses become LaTeX
+math, so the file compiles with pdfLaTeX; a wide table may want ``\\resizebox`` or landscape."""
 from __future__ import annotations
 
 import re
@@ -28,11 +29,16 @@ def tex(text: str) -> str:
     out = _SPECIAL.sub(lambda m: SPECIAL[m.group()], str(text))
     for symbol, latex in SYMBOLS.items():
         out = out.replace(symbol, latex)
-    return out
+    return out.replace("--", "-{}-")  # (LaTeX would set --methods with an en dash)
+
+
+#: a table longer than this is a ``longtable`` (one float would not fit a page; needs ``\usepackage{longtable}``)
+LONG = 30
 
 
 def write_tables(report: Report, folder: Path) -> dict[str, Path]:
-    """Write every table of ``report`` as ``folder/<id>.csv`` and ``.tex``; returns "table:<id>.<ext>" -> path."""
+    """Write every table of ``report`` as ``folder/<id>.csv`` and ``.tex`` (and remove the files of tables an
+    earlier render wrote that this one has not); returns "table:<id>.<ext>" -> path."""
     out = {}
     for section in report.sections:
         for table in section.tables:
@@ -41,11 +47,17 @@ def write_tables(report: Report, folder: Path) -> dict[str, Path]:
                                                        lambda f, d=frame: f.write(d.to_csv(index=False).encode()))
             out[f"table:{table.id}.tex"] = write_atomic(folder / f"{table.id}.tex",
                                                        lambda f, t=table: f.write(_latex(t).encode()))
+    for old in [*folder.glob("*.csv"), *folder.glob("*.tex")]:
+        if f"table:{old.name}" not in out:
+            old.unlink()
     return out
 
 
 def _latex(table: Table) -> str:
     frame = pd.DataFrame([[tex(c) for c in row] for row in table.rows], columns=[tex(c) for c in table.columns])
     caption = tex(table.title + (f". {table.caption}" if table.caption else ""))
-    return frame.to_latex(index=False, escape=False, caption=caption, label=f"tab:lambench-{table.id}",
-                          column_format="l" * len(table.columns))
+    long = len(table.rows) > LONG
+    return (f"% lambench table {table.id}; needs \\usepackage{{booktabs}}"
+            + (" and \\usepackage{longtable}" if long else "") + "\n"
+            + frame.to_latex(index=False, escape=False, caption=caption, label=f"tab:lambench-{table.id}",
+                             column_format="l" * len(table.columns), longtable=long))

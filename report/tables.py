@@ -77,6 +77,8 @@ def points(table: pd.DataFrame) -> pd.DataFrame:
         pts = pts.merge(g, on=POINT, how="left").merge(tried.reset_index(), on=POINT, how="left")
     if "clean_acc" not in pts:  # every clean value NaN: the point stays, without one
         pts["clean_acc"] = np.nan
+    clean_n = per[per["metric"] == "clean_acc"].groupby(POINT)["n"].min().rename("clean_n")
+    pts = pts.merge(clean_n.reset_index(), on=POINT, how="left")
     jobs = _agg(t[t["lambda"].isna() & t["metric"].isin(JOB_METRICS)], MODEL)
     if not jobs.empty:
         pts = pts.merge(jobs, on=MODEL, how="left")
@@ -128,14 +130,26 @@ RANK_AA_N = 1000
 
 
 def images(pts: pd.DataFrame, short: str) -> int | None:
-    """The fewest test images ``short``'s accuracies (``pgd``, ``aa``) were measured on; None: not measured."""
+    """The fewest test images ``short``'s accuracies (``clean``, ``pgd``, ``aa``) were measured on in ``pts``
+    (one setting's points, where it matters); None: not measured."""
     col = f"{short}_n"
     return int(pts[col].min()) if col in pts and pts[col].notna().any() else None
 
 
+def short_aa(pts: pd.DataFrame) -> dict[tuple, int]:
+    """Per setting where AutoAttack ran on fewer test images than the clean accuracy (``--aa-n``): how many."""
+    out = {}
+    for key, g in pts.groupby(SETTING):
+        aa, most = images(g, "aa"), max(filter(None, (images(g, s) for s in ("clean", "pgd"))), default=0)
+        if aa is not None and aa < most:
+            out[tuple(key)] = aa
+    return out
+
+
 def ranking(pts: pd.DataFrame) -> tuple[str, str]:
-    """The robust accuracy the operating points are ranked by: AutoAttack's where it ran on enough test images
-    (``RANK_AA_N``, or as many as PGD's), else PGD's; and a sentence saying why, when PGD's stands in."""
+    """The robust accuracy one setting's operating points (``pts``) are ranked by: AutoAttack's where it ran on
+    enough test images (``RANK_AA_N``, or as many as PGD's), else PGD's; and a sentence saying why, when PGD's
+    stands in."""
     if not has(pts, "aa"):
         return "pgd", ""
     aa, pgd = images(pts, "aa"), images(pts, "pgd")

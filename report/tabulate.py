@@ -39,12 +39,11 @@ def point_table(pts: pd.DataFrame, flags: pd.DataFrame, methods: list[str], mult
     ``tables.mark_flags``; ``flags``: every check's row from ``tables.flags``: without any, the flags column is
     left out)."""
     cols = [("clean", lambda r: fmt.acc(r["clean_acc"], r.get("clean_acc_sd")), "clean_acc")]
-    sizes = {s: T.images(pts, s) for s in ("pgd", "aa")}
+    short_aa = T.short_aa(pts)  # settings where AutoAttack ran on fewer images (--aa-n): say so
+    same = len(set(short_aa.values())) == 1 and len(short_aa) == pts.groupby(T.SETTING).ngroups
     for short, name in (("pgd", "PGD"), ("aa", "AA")):
-        n = sizes[short]
-        fewer = n is not None and n < max(filter(None, sizes.values()))  # than the other attack: say so
-        cols.append((f"{name} (first {n:,})" if fewer else name, lambda r, s=short: fmt.acc(r.get(s), r.get(f"{s}_sd")),
-                     short))
+        label = f"AA (first {next(iter(short_aa.values())):,})" if short == "aa" and same else name
+        cols.append((label, lambda r, s=short: fmt.acc(r.get(s), r.get(f"{s}_sd")), short))
         if T.has(pts, short) and pts[f"{short}_attack"].nunique() > 1:
             cols.append((f"{name} attack", lambda r, s=short: r.get(f"{s}_attack") or fmt.DASH, short))
     cols.append(("noise σ", lambda r: fmt.acc(r.get("clean_acc_std")), "clean_acc_std"))
@@ -70,7 +69,9 @@ def point_table(pts: pd.DataFrame, flags: pd.DataFrame, methods: list[str], mult
                "AA attack": "AA attack: the strongest AutoAttack version run, at that point.",
                "flags": "flags: sanity checks flagged at that point (see Sanity checks)."}
     caption = " ".join(["Accuracies in %, mean ± std over seeds.", "front: on the Pareto front under PGD, AA or both."]
-                       + [text for col, text in explain.items() if col in header])
+                       + [text for col, text in explain.items() if col in header]
+                       + ([f"AA on the first {n:,} test images in {d} · {a} · ε = {fmt.eps(e)}." for (d, a, e), n
+                           in short_aa.items()] if short_aa and not same else []))
     return Table("per-lambda", "Per method and λ", header, rows, caption, marked)
 
 
@@ -91,11 +92,18 @@ def model_table(pts: pd.DataFrame, methods: list[str], multi: bool):
                   rows, "One row per trained model (a once-for-all model covers all its λ); mean over seeds.")
 
 
-def operating_table(ops: pd.DataFrame, robust: str, methods: list[str], multi: bool):
-    name = "AA" if robust == "aa" else "PGD"
+def operating_table(ops: pd.DataFrame, methods: list[str], multi: bool):
+    """The complexity figures' points; each setting's ranked by its own robust accuracy (``ranked_by``)."""
+    names = {"aa": "AA", "pgd": "PGD"}
+    by = set(ops["ranked_by"])
+    name = names[next(iter(by))] if len(by) == 1 else "robust"
     size = "nonzero_params" if T.has(ops, "nonzero_params") else "params"
+
+    def robust(r) -> str:
+        acc = fmt.acc(r[r["ranked_by"]], r.get(f"{r['ranked_by']}_sd"))
+        return acc if len(by) == 1 else f"{acc} ({names[r['ranked_by']]})"
     cols = [("clean", lambda r: fmt.acc(r["clean_acc"], r.get("clean_acc_sd")), "clean_acc"),
-            (name, lambda r: fmt.acc(r[robust], r.get(f"{robust}_sd")), robust),
+            (name, robust, "ranked_by"),
             ("non-zero params" if size == "nonzero_params" else "params", lambda r: fmt.count(r.get(size)), size),
             ("MACs", lambda r: fmt.count(r.get("macs")), "macs"),
             ("train time", lambda r: fmt.seconds(r.get("train_time_s")), "train_time_s"),
@@ -107,7 +115,8 @@ def operating_table(ops: pd.DataFrame, robust: str, methods: list[str], multi: b
 
     def pick(r) -> str:
         floor = f"clean ≥ {fmt.acc(r['floor'])}%"
-        return {"best": f"highest {name}", "floor": floor, "both": f"highest {name}, and {floor}"}[r["pick"]]
+        top = f"highest {names[r['ranked_by']]}"
+        return {"best": top, "floor": floor, "both": f"{top}, and {floor}"}[r["pick"]]
     shown = _sorted(ops, methods, extra=("pick",))
     rows = [_setting_cells(r, multi) + [style.display(r["method"]), pick(r), fmt.lam(r["lambda"])]
             + [f(r) for _, f, _ in cols] for _, r in shown.iterrows()]

@@ -214,10 +214,49 @@ def test_autoattack_on_fewer_images_is_said_and_not_ranked_by(tmp_path):
     assert "PGD on 100 test images: the strongest" in trade
     assert "AutoAttack on the first 25 test images: aa-rand at 11 points, aa-standard at 9 points." in trade
     cost = sections["complexity"]
-    assert "Ranked by PGD accuracy: AutoAttack ran on only 25 test images (PGD on 100)" in cost.intro
+    assert "Ranked by PGD accuracy: AutoAttack ran on only 25 test images (PGD on 100)" in cost.figures[0].caption
     assert "PGD" in cost.tables[0].columns and "AA" not in cost.tables[0].columns
     assert "AA (first 25)" in sections["tables"].tables[0].columns
     same = build(load_run(_run(tmp_path, lambda t: _small_aa(t).assign(n=25), name="same")))  # as many: AA ranks
-    assert "Ranked by PGD" not in {s.id: s for s in same.sections}["complexity"].intro
+    assert "Ranked by PGD" not in {s.id: s for s in same.sections}["complexity"].figures[0].caption
     assert "AA" in {s.id: s for s in same.sections}["complexity"].tables[0].columns
     assert "first" not in dict(same.facts)["evaluated on"]
+
+
+def test_each_setting_is_ranked_by_its_own_autoattack_sample(tmp_path):
+    """Two settings, AutoAttack on the first 25 images in one (PGD on 100) and on all 100 in the other: each
+    is ranked by its own rule and says so in its own caption; the facts and the per-λ table name the setting
+    whose AutoAttack was short. A setting scored by AutoAttack alone keeps its complexity figure (ranking the
+    whole run by PGD had dropped it)."""
+    def edit(t):
+        t = _two_archs(_small_aa(t))
+        t.loc[(t["arch"] == "other_cnn") & (t["metric"] == "aa_acc"), "n"] = 100
+        return t
+    report = build(load_run(_run(tmp_path, edit)))
+    sections = {s.id: s for s in report.sections}
+    caps = {f.name: f.caption for f in sections["complexity"].figures}
+    assert "Ranked by PGD" in caps["complexity-digits-small_cnn-eps0.1"]
+    assert "Ranked by PGD" not in caps["complexity-digits-other_cnn-eps0.1"]
+    ops = sections["complexity"].tables[0]
+    robust = ops.columns.index("robust")
+    arch = ops.columns.index("arch")
+    assert {r[robust][-5:] for r in ops.rows if r[arch] == "small_cnn"} == {"(PGD)"}
+    assert {r[robust][-4:] for r in ops.rows if r[arch] == "other_cnn"} == {"(AA)"}
+    assert dict(report.facts)["evaluated on"].endswith("(AutoAttack: the first 25 in digits · small_cnn · ε = 0.1)")
+    table = sections["tables"].tables[0]
+    assert "AA" in table.columns and "AA on the first 25 test images in digits · small_cnn" in table.caption
+
+    def aa_alone(t):  # the second setting scored by AutoAttack alone (--eval '')
+        t = edit(t)
+        return t[~((t["arch"] == "other_cnn") & (t["metric"] == "pgd_acc"))]
+    report = build(load_run(_run(tmp_path, aa_alone, name="aa-alone")))
+    names = [f.name for s in report.sections for f in s.figures]
+    assert "complexity-digits-other_cnn-eps0.1" in names and "complexity-digits-small_cnn-eps0.1" in names
+
+
+def test_stacked_labels_join_one_methods_points_only():
+    """Points at one place join their labels only within one method (colours repeat past ten methods)."""
+    from report.figures import _stacked
+    blue = (0.0, 0.45, 0.7)
+    items = [(1.0, 2.0, "0.1", blue, "pgd_at"), (1.0, 2.0, "0.2", blue, "pgd_at"), (1.0, 2.0, "0.5", blue, "mine")]
+    assert sorted(t for _, _, t, _ in _stacked(items)) == ["0.1, 0.2", "0.5"]

@@ -104,8 +104,8 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                 f"dial{suffix}", f"Cost of the dial{label}",
                 "Solid: one once-for-all model covering its whole λ grid. Hatched: one dedicated model per λ of "
                 "that grid, from this run's dedicated models (the model trained at that λ where there is one, "
-                "else the mean of the adversarially trained ones: \"k timed\" under a method says at how many λ of its "
-                "grid a dedicated model was timed). Over each pair: dedicated ÷ one.",
+                "else the mean of the adversarially trained ones: \"k timed\" under a method says at how many λ "
+                "of its grid a dedicated model was timed). Over each pair: dedicated ÷ one.",
                 partial(cost_figures.draw_dial_cost, dial=d, methods=methods), (11, 4.6),
                 paper=[_paper(f"dial{suffix}", partial(cost_figures.draw_dial_cost, dial=d, methods=methods,
                                                        notes=False), cost_figures.dial_panels(d), 2)]))

@@ -17,19 +17,19 @@ from .document import Report, Table
 SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 #: the report's symbols, then
-SYMBOLS = {"±": r"$\pm$", "λ": r"$\lambda$", "ε": r"$\epsilon$", "σ": r"$\sigma$", "≥": r"$\geq$", "≤": r"$\leq$",
-           "×": r"$\times$", "÷": r"$\div$", "★": r"$\star$", "⚠": r"\textbf{!}", "—": "---", "–": "--", "…": r"\dots{}",
-           "→": r"$\to$", "·": r"$\cdot$", "−": "-"}
+SYMBOLS = {"±": r"$\pm$", "λ": r"$\lambda$", "ε": r"$\epsilon$", "σ": r"$\sigma$", "≥": r"$\geq$",
+           "≤": r"$\leq$", "×": r"$\times$", "÷": r"$\div$", "★": r"$\star$", "⚠": r"\textbf{!}", "—": "---",
+           "–": "--", "…": r"\dots{}", "→": r"$\to$", "·": r"$\cdot$", "−": "-"}
 _SPECIAL = re.compile("|".join(map(re.escape, SPECIAL)))
 
 
 def tex(text: str) -> str:
     """``text`` as LaTeX: specials escaped, the report's symbols as math; any other non-ASCII character left
     as it is (pdfLaTeX with ``\\usepackage[utf8]{inputenc}`` takes Latin letters)."""
-    out = _SPECIAL.sub(lambda m: SPECIAL[m.group()], str(text))
+    out = _SPECIAL.sub(lambda m: SPECIAL[m.group()], str(text)).replace("--", "-{}-")  # (--methods: no en dash)
     for symbol, latex in SYMBOLS.items():
         out = out.replace(symbol, latex)
-    return out.replace("--", "-{}-")  # (LaTeX would set --methods with an en dash)
+    return out
 
 
 #: a table longer than this is a ``longtable`` (one float would not fit a page; needs ``\usepackage{longtable}``)

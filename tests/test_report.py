@@ -159,7 +159,7 @@ def test_tables_are_written_for_a_paper(synthetic):
         assert (run / "tables" / f"{name}.tex").exists() and f'href="tables/{name}.csv"' in html
         assert not set((run / "tables" / f"{name}.tex").read_text()) & set("±λεσ≥×÷★⚠—·")
     assert tex("50% of a_b & c ≥ 0.8 ± 1 {x}") == r"50\% of a\_b \& c $\geq$ 0.8 $\pm$ 1 \{x\}"
-    assert tex("--methods") == "-{}-methods"  # (not an en dash)
+    assert tex("--methods — 1–2") == "-{}-methods --- 1--2"  # (--methods: not an en dash)
 
 
 def test_table_files_of_an_earlier_render_go(tmp_path):

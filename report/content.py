@@ -40,7 +40,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
     ops = [T.operating_points(subs[k], r, floors).assign(ranked_by=r) for k, (r, _) in ranks.items()
            if T.has(subs[k], r)]
     ops = pd.concat([o for o in ops if len(o)], ignore_index=True) if any(len(o) for o in ops) else pd.DataFrame()
-    by = {r for r, _ in ranks.values()}
+    by = set(ops["ranked_by"]) if len(ops) else {"pgd"}  # (what the figures and table show)
     robust_name = (f"{figures.ROBUST_NAMES[by.pop()]} accuracy" if len(by) == 1 else
                    "robust accuracy (AutoAttack's, or PGD's where a setting's figure says so)")
     dial = T.dial_cost(pts)

@@ -18,27 +18,29 @@ SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r
            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 #: the report's symbols, then
 SYMBOLS = {"±": r"$\pm$", "λ": r"$\lambda$", "ε": r"$\epsilon$", "σ": r"$\sigma$", "≥": r"$\geq$",
-           "≤": r"$\leq$", "×": r"$\times$", "÷": r"$\div$", "★": r"$\star$", "⚠": r"\textbf{!}", "—": "---",
-           "–": "--", "…": r"\dots{}", "→": r"$\to$", "·": r"$\cdot$", "−": "-"}
+           "≤": r"$\leq$", "×": r"$\times$", "÷": r"$\div$", "★": r"$\star$", "⚠": r"\textbf{!}", "—": r"\textemdash{}",
+           "–": r"\textendash{}", "…": r"\dots{}", "→": r"$\to$", "·": r"$\cdot$", "−": "-"}
 _SPECIAL = re.compile("|".join(map(re.escape, SPECIAL)))
 
 
 def tex(text: str) -> str:
     """``text`` as LaTeX: specials escaped, the report's symbols as math; any other non-ASCII character left
     as it is (pdfLaTeX with ``\\usepackage[utf8]{inputenc}`` takes Latin letters)."""
-    out = _SPECIAL.sub(lambda m: SPECIAL[m.group()], str(text)).replace("--", "-{}-")  # (--methods: no en dash)
+    out = _SPECIAL.sub(lambda m: SPECIAL[m.group()], str(text))
     for symbol, latex in SYMBOLS.items():
         out = out.replace(symbol, latex)
-    return out
+    return re.sub(r"-(?=-)", "-{}", out)  # hyphens stay hyphens (LaTeX would set --methods with an en dash)
 
 
+#: the first line of every .tex written here (what a later render may remove; a file of the user's stays)
+MARK = "% lambench table"
 #: a table longer than this is a ``longtable`` (one float would not fit a page; needs ``\usepackage{longtable}``)
 LONG = 30
 
 
 def write_tables(report: Report, folder: Path) -> dict[str, Path]:
     """Write every table of ``report`` as ``folder/<id>.csv`` and ``.tex`` (and remove the files of tables an
-    earlier render wrote that this one has not); returns "table:<id>.<ext>" -> path."""
+    earlier render wrote that this one has not, and no other file); returns "table:<id>.<ext>" -> path."""
     out = {}
     for section in report.sections:
         for table in section.tables:
@@ -47,9 +49,10 @@ def write_tables(report: Report, folder: Path) -> dict[str, Path]:
                                                        lambda f, d=frame: f.write(d.to_csv(index=False).encode()))
             out[f"table:{table.id}.tex"] = write_atomic(folder / f"{table.id}.tex",
                                                        lambda f, t=table: f.write(_latex(t).encode()))
-    for old in [*folder.glob("*.csv"), *folder.glob("*.tex")]:
-        if f"table:{old.name}" not in out:
+    for old in folder.glob("*.tex"):  # an earlier render's table (its first line says so), and its CSV
+        if f"table:{old.name}" not in out and old.read_text(errors="replace").startswith(MARK):
             old.unlink()
+            old.with_suffix(".csv").unlink(missing_ok=True)
     return out
 
 
@@ -57,7 +60,7 @@ def _latex(table: Table) -> str:
     frame = pd.DataFrame([[tex(c) for c in row] for row in table.rows], columns=[tex(c) for c in table.columns])
     caption = tex(table.title + (f". {table.caption}" if table.caption else ""))
     long = len(table.rows) > LONG
-    return (f"% lambench table {table.id}; needs \\usepackage{{booktabs}}"
+    return (f"{MARK} {table.id}; needs \\usepackage{{booktabs}}"
             + (" and \\usepackage{longtable}" if long else "") + "\n"
             + frame.to_latex(index=False, escape=False, caption=caption, label=f"tab:lambench-{table.id}",
                              column_format="l" * len(table.columns), longtable=long))

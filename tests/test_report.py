@@ -159,17 +159,23 @@ def test_tables_are_written_for_a_paper(synthetic):
         assert (run / "tables" / f"{name}.tex").exists() and f'href="tables/{name}.csv"' in html
         assert not set((run / "tables" / f"{name}.tex").read_text()) & set("±λεσ≥×÷★⚠—·")
     assert tex("50% of a_b & c ≥ 0.8 ± 1 {x}") == r"50\% of a\_b \& c $\geq$ 0.8 $\pm$ 1 \{x\}"
-    assert tex("--methods — 1–2") == "-{}-methods --- 1--2"  # (--methods: not an en dash)
+    for text in ("--methods", "---", "a−-b", "x–-y", "-—"):  # no run of hyphens LaTeX would set as a dash
+        assert "--" not in tex(text), (text, tex(text))
+    assert tex("— –") == r"\textemdash{} \textendash{}"
 
 
 def test_table_files_of_an_earlier_render_go(tmp_path):
     """A table an earlier render wrote and this one has not leaves no file behind; a long table is a longtable."""
     from report.document import Report, Section, Table
     from report.latex import LONG, write_tables
-    (tmp_path / "old.tex").write_text("stale")
+    gone = Table("gone", "Gone", ["a"], [["1"]])
+    write_tables(Report("r", [], [Section("s", "S", tables=[gone])]), tmp_path)
+    (tmp_path / "my-paper.tex").write_text("\\documentclass{article}")  # the user's own files stay
+    (tmp_path / "notes.csv").write_text("a\n")
     long = Table("long", "Long", ["a"], [[str(i)] for i in range(LONG + 1)])
     written = write_tables(Report("r", [], [Section("s", "S", tables=[long])]), tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.csv", "long.tex"] and len(written) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.csv", "long.tex", "my-paper.tex", "notes.csv"]
+    assert len(written) == 2
     assert "\\begin{longtable}" in (tmp_path / "long.tex").read_text()
 
 

@@ -260,3 +260,16 @@ def test_stacked_labels_join_one_methods_points_only():
     blue = (0.0, 0.45, 0.7)
     items = [(1.0, 2.0, "0.1", blue, "pgd_at"), (1.0, 2.0, "0.2", blue, "pgd_at"), (1.0, 2.0, "0.5", blue, "mine")]
     assert sorted(t for _, _, t, _ in _stacked(items)) == ["0.1, 0.2", "0.5"]
+
+
+def test_complexity_intro_names_the_attack_its_figures_rank_by(tmp_path):
+    """A setting without robust accuracy has no operating points, so it does not make the intro say
+    "AutoAttack's, or PGD's" where every figure and the table rank by AutoAttack."""
+    from test_report import _synthetic
+
+    def edit(t):
+        t = _two_archs(_synthetic(t))
+        return t[~((t["arch"] == "other_cnn") & t["metric"].isin(["pgd_acc", "aa_acc"]))]
+    report = build(load_run(_run(tmp_path, edit)))
+    cost = {s.id: s for s in report.sections}["complexity"]
+    assert cost.intro.startswith("At what cost: AutoAttack accuracy of each method")

@@ -18,8 +18,8 @@ SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r
            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 #: the report's symbols, then
 SYMBOLS = {"±": r"$\pm$", "λ": r"$\lambda$", "ε": r"$\epsilon$", "σ": r"$\sigma$", "≥": r"$\geq$",
-           "≤": r"$\leq$", "×": r"$\times$", "÷": r"$\div$", "★": r"$\star$", "⚠": r"\textbf{!}", "—": r"\textemdash{}",
-           "–": r"\textendash{}", "…": r"\dots{}", "→": r"$\to$", "·": r"$\cdot$", "−": "-"}
+           "≤": r"$\leq$", "×": r"$\times$", "÷": r"$\div$", "★": r"$\star$", "⚠": r"\textbf{!}",
+           "—": r"\textemdash{}", "–": r"\textendash{}", "…": r"\dots{}", "→": r"$\to$", "·": r"$\cdot$", "−": "-"}
 _SPECIAL = re.compile("|".join(map(re.escape, SPECIAL)))
 
 

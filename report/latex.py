@@ -1,7 +1,7 @@
 """The report's tables as files for a paper: ``<run>/tables/<id>.csv`` (the cells as the report shows them)
 and ``<id>.tex`` (a booktabs ``table``, or ``longtable`` past ``LONG`` rows, with the report's title as
 caption, written by pandas; its first line names the packages). The symbols the report uses become LaTeX
-math, so the file compiles with pdfLaTeX; a wide table may want ``\\resizebox`` or landscape."""
+math, so the file compiles with pdfLaTeX; past ``WIDE`` columns a table is scaled to the text width."""
 from __future__ import annotations
 
 import re
@@ -34,6 +34,8 @@ def tex(text: str) -> str:
 
 #: the first line of every .tex written here (what a later render may remove; a file of the user's stays)
 MARK = "% lambench table"
+#: a table of more columns than this is scaled to the text width (``\\resizebox``; needs graphicx)
+WIDE = 8
 #: a table longer than this is a ``longtable`` (one float would not fit a page; needs ``\usepackage{longtable}``)
 LONG = 30
 
@@ -60,7 +62,11 @@ def _latex(table: Table) -> str:
     frame = pd.DataFrame([[tex(c) for c in row] for row in table.rows], columns=[tex(c) for c in table.columns])
     caption = tex(table.title + (f". {table.caption}" if table.caption else ""))
     long = len(table.rows) > LONG
-    return (f"{MARK} {table.id}; needs \\usepackage{{booktabs}}"
-            + (" and \\usepackage{longtable}" if long else "") + "\n"
-            + frame.to_latex(index=False, escape=False, caption=caption, label=f"tab:lambench-{table.id}",
-                             column_format="l" * len(table.columns), longtable=long))
+    wide = not long and len(table.columns) > WIDE
+    body = frame.to_latex(index=False, escape=False, caption=caption, label=f"tab:lambench-{table.id}",
+                          column_format="l" * len(table.columns), longtable=long)
+    if wide:  # scaled to the text width (a longtable cannot be: it breaks across pages instead)
+        body = body.replace("\\begin{tabular}", "\\resizebox{\\linewidth}{!}{%\n\\begin{tabular}")
+        body = body.replace("\\end{tabular}", "\\end{tabular}}")
+    return (f"{MARK} {table.id}; needs \\usepackage{{booktabs}}" + (" and \\usepackage{longtable}" if long else "")
+            + (" and \\usepackage{graphicx}" if wide else "") + "\n" + body)

@@ -165,9 +165,10 @@ def test_tables_are_written_for_a_paper(synthetic):
 
 
 def test_table_files_of_an_earlier_render_go(tmp_path):
-    """A table an earlier render wrote and this one has not leaves no file behind; a long table is a longtable."""
+    """A table an earlier render wrote and this one has not leaves no file behind (a user's own files stay); a
+    long table is a longtable, a wide one is scaled to the text width."""
     from report.document import Report, Section, Table
-    from report.latex import LONG, write_tables
+    from report.latex import LONG, WIDE, write_tables
     gone = Table("gone", "Gone", ["a"], [["1"]])
     write_tables(Report("r", [], [Section("s", "S", tables=[gone])]), tmp_path)
     (tmp_path / "my-paper.tex").write_text("\\documentclass{article}")  # the user's own files stay
@@ -177,6 +178,11 @@ def test_table_files_of_an_earlier_render_go(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.csv", "long.tex", "my-paper.tex", "notes.csv"]
     assert len(written) == 2
     assert "\\begin{longtable}" in (tmp_path / "long.tex").read_text()
+    wide = Table("wide", "Wide", [f"c{i}" for i in range(WIDE + 1)], [[str(i) for i in range(WIDE + 1)]])
+    write_tables(Report("r", [], [Section("s", "S", tables=[wide])]), tmp_path)
+    text = (tmp_path / "wide.tex").read_text()
+    assert "\\resizebox{\\linewidth}{!}{%\n\\begin{tabular}" in text and "\\end{tabular}}" in text
+    assert "graphicx" in text.splitlines()[0]
 
 
 def test_one_lambda(tmp_path):

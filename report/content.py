@@ -35,7 +35,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
     notes = missing(table, pts, run.info)
     notes["tradeoff"][:0] = stale_results(run) + mixed_protocols(table, run.jobs)
     settings = list(pts.groupby(T.SETTING).groups)
-    subs = {k: pts[(pts[T.SETTING] == pd.Series(dict(zip(T.SETTING, k)))).all(axis=1)] for k in settings}
+    subs = {k: pts[T.in_setting(pts, k)] for k in settings}
     ranks = {k: T.ranking(sub) for k, sub in subs.items()}  # each setting's own (its own AutoAttack sample)
     ops = [T.operating_points(subs[k], r, floors).assign(ranked_by=r) for k, (r, _) in ranks.items()
            if T.has(subs[k], r)]
@@ -65,7 +65,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
         suffix, label = _setting_names(setting, len(settings))
         floor = floors[setting]
         warn = [flag_line(r) for _, r in flagged.iterrows() if _in(r, setting)]
-        keys = figures.legend_handles(sub, methods) + figures.flagged_handle(sub)  # (to size paper legends)
+        entries = sub["method"].nunique() + _flagged(sub)  # the legend's methods and flag ring (paper sizes)
         s_trade.figures.append(Figure(
             f"tradeoff{suffix}", f"Trade-off{label}",
             "Clean accuracy against robust accuracy; left PGD, right AutoAttack. "
@@ -75,7 +75,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
             + (figures.FLAGGED_CAPTION if _flagged(sub) else ""),
             partial(figures.draw_tradeoff, pts=sub, methods=methods), (11, 5.4), warnings=warn,
             paper=[_paper(f"tradeoff-{r}{suffix}", partial(figures.draw_tradeoff, pts=sub, methods=methods,
-                                                           robusts=(r,)), 1, len(keys) + 2)
+                                                           robusts=(r,)), 1, entries + 2)
                    for r in ("pgd", "aa") if T.has(sub, r)]))
         s_lambda.figures.append(Figure(
             f"lambda{suffix}", f"Accuracy against λ{label}",
@@ -83,8 +83,8 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
             "their training λ. " + _attack_caption(sub) + (figures.FLAGGED_CAPTION if _flagged(sub) else ""),
             partial(figures.draw_lambda, pts=sub, methods=methods), (11, 4.6), warnings=warn,
             paper=[_paper(f"lambda{suffix}", partial(figures.draw_lambda, pts=sub, methods=methods),
-                          1 + T.has(sub, "pgd") + T.has(sub, "aa"), len(keys))]))
-        o = ops[(ops[T.SETTING] == pd.Series(dict(zip(T.SETTING, setting)))).all(axis=1)] if len(ops) else ops
+                          1 + T.has(sub, "pgd") + T.has(sub, "aa"), entries)]))
+        o = ops[T.in_setting(ops, setting)] if len(ops) else ops
         if len(o) and cost_figures.cost_axes(o)[0]:  # something to plot against
             s_cost.figures.append(Figure(
                 f"complexity{suffix}", f"Complexity{label}",
@@ -98,7 +98,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                 paper=[_paper(f"complexity{suffix}", partial(cost_figures.draw_complexity, ops=o, robust=robust,
                                                              methods=methods, floor=floor, notes=False),
                               len(cost_figures.cost_axes(o)[0]), o["method"].nunique() + 3)]))
-        d = dial[(dial[T.SETTING] == pd.Series(dict(zip(T.SETTING, setting)))).all(axis=1)] if len(dial) else dial
+        d = dial[T.in_setting(dial, setting)] if len(dial) else dial
         if len(d) and (T.has(d, "ofa_params") or T.has(d, "ofa_time")):
             s_dial.figures.append(Figure(
                 f"dial{suffix}", f"Cost of the dial{label}",
@@ -145,11 +145,11 @@ def _paper(name: str, draw, panels: int, entries: int) -> Figure:
 def _aa_fact(pts: pd.DataFrame) -> str:
     """" (AutoAttack: the first 25)" where AutoAttack ran on fewer test images than the rest; per setting
     where that differs between settings."""
-    short, settings = T.short_aa(pts), pts.groupby(T.SETTING).ngroups
+    short, common = T.short_aa(pts), T.common_short_aa(pts)
     if not short:
         return ""
-    if len(set(short.values())) == 1 and len(short) == settings:
-        return f" (AutoAttack: the first {next(iter(short.values())):,})"
+    if common is not None:
+        return f" (AutoAttack: the first {common:,})"
     return " (AutoAttack: " + "; ".join(f"the first {n:,} in {d} · {a} · ε = {fmt_eps(e)}"
                                         for (d, a, e), n in short.items()) + ")"
 

@@ -124,6 +124,5 @@ def size(points: float) -> float:
     return points * plt.rcParams["font.size"] / REPORT_FONT
 
 
-
 def close(fig) -> None:
     plt.close(fig)

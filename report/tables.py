@@ -136,6 +136,11 @@ def images(pts: pd.DataFrame, short: str) -> int | None:
     return int(pts[col].min()) if col in pts and pts[col].notna().any() else None
 
 
+def in_setting(frame: pd.DataFrame, key) -> pd.Series:
+    """Which rows of ``frame`` belong to the setting ``key`` (a ``SETTING`` tuple: dataset, arch, eps)."""
+    return (frame[SETTING] == pd.Series(dict(zip(SETTING, key)))).all(axis=1)
+
+
 def short_aa(pts: pd.DataFrame) -> dict[tuple, int]:
     """Per setting where AutoAttack ran on fewer test images than the clean accuracy (``--aa-n``): how many."""
     out = {}
@@ -144,6 +149,14 @@ def short_aa(pts: pd.DataFrame) -> dict[tuple, int]:
         if aa is not None and aa < most:
             out[tuple(key)] = aa
     return out
+
+
+def common_short_aa(pts: pd.DataFrame) -> int | None:
+    """The one number of test images AutoAttack ran on in every setting, where it is fewer than the rest's
+    everywhere (``short_aa``); None where no setting's is, or the settings differ."""
+    short = short_aa(pts)
+    same = len(set(short.values())) == 1 and len(short) == pts.groupby(SETTING).ngroups
+    return next(iter(short.values())) if same else None
 
 
 def ranking(pts: pd.DataFrame) -> tuple[str, str]:
@@ -214,7 +227,7 @@ def dial_cost(pts: pd.DataFrame) -> pd.DataFrame:
     ofa = pts[pts["kind"] == "ofa"]
     for key, g in ofa.groupby(SETTING + ["method"]):
         setting = dict(zip(SETTING + ["method"], key))
-        same = (pts[SETTING] == pd.Series(dict(zip(SETTING, key[:3])))).all(axis=1)
+        same = in_setting(pts, key[:3])
         scored = sorted(g["lambda"].unique())
         one = g.iloc[0]
         n = int(one["grid_lambdas"]) if pd.notna(one.get("grid_lambdas", np.nan)) else len(scored)

@@ -39,10 +39,9 @@ def point_table(pts: pd.DataFrame, flags: pd.DataFrame, methods: list[str], mult
     ``tables.mark_flags``; ``flags``: every check's row from ``tables.flags``: without any, the flags column is
     left out)."""
     cols = [("clean", lambda r: fmt.acc(r["clean_acc"], r.get("clean_acc_sd")), "clean_acc")]
-    short_aa = T.short_aa(pts)  # settings where AutoAttack ran on fewer images (--aa-n): say so
-    same = len(set(short_aa.values())) == 1 and len(short_aa) == pts.groupby(T.SETTING).ngroups
+    short_aa, common = T.short_aa(pts), T.common_short_aa(pts)  # AutoAttack on fewer images (--aa-n): say so
     for short, name in (("pgd", "PGD"), ("aa", "AA")):
-        label = f"AA (first {next(iter(short_aa.values())):,})" if short == "aa" and same else name
+        label = f"AA (first {common:,})" if short == "aa" and common is not None else name
         cols.append((label, lambda r, s=short: fmt.acc(r.get(s), r.get(f"{s}_sd")), short))
         if T.has(pts, short) and pts[f"{short}_attack"].nunique() > 1:
             cols.append((f"{name} attack", lambda r, s=short: r.get(f"{s}_attack") or fmt.DASH, short))
@@ -71,7 +70,7 @@ def point_table(pts: pd.DataFrame, flags: pd.DataFrame, methods: list[str], mult
     caption = " ".join(["Accuracies in %, mean ± std over seeds.", "front: on the Pareto front under PGD, AA or both."]
                        + [text for col, text in explain.items() if col in header]
                        + ([f"AA on the first {n:,} test images in {d} · {a} · ε = {fmt.eps(e)}." for (d, a, e), n
-                           in short_aa.items()] if short_aa and not same else []))
+                           in short_aa.items()] if common is None else []))
     return Table("per-lambda", "Per method and λ", header, rows, caption, marked)
 
 

@@ -1,7 +1,8 @@
 """The report's tables as files for a paper: ``<run>/tables/<id>.csv`` (the cells as the report shows them)
-and ``<id>.tex`` (a booktabs ``table``, or ``longtable`` past ``LONG`` rows, with the report's title as
-caption, written by pandas; its first line names the packages). The symbols the report uses become LaTeX
-math, so the file compiles with pdfLaTeX; past ``WIDE`` columns a table is scaled to the text width."""
+and ``<id>.tex`` (booktabs, written by pandas, in a ``table`` float with the report's title as caption;
+its first line names the packages). The symbols the report uses become LaTeX math, so the file compiles
+with pdfLaTeX; a table wider than the line is scaled down to it, long text wraps, numbers are
+right-aligned, and a long table is split into floats of at most ``LONG`` rows."""
 from __future__ import annotations
 
 import re
@@ -34,10 +35,18 @@ def tex(text: str) -> str:
 
 #: the first line of every .tex written here (what a later render may remove; a file of the user's stays)
 MARK = "% lambench table"
-#: a table of more columns than this is scaled to the text width (``\\resizebox``; needs graphicx)
+#: a table of more columns than this is a ``table*`` (both columns of a two-column paper), set closer
 WIDE = 8
-#: a table longer than this is a ``longtable`` (one float would not fit a page; needs ``\usepackage{longtable}``)
+#: a table of more rows than this is split into floats of at most this many rows (one float would not fit
+#: a page; a ``longtable`` could not be scaled to the text width)
 LONG = 30
+#: a column whose longest cell has more characters than this wraps (a ``p`` column)
+TEXT = 40
+#: natural width, or the text width where wider: a table is scaled down to fit, never up
+FIT = r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%"
+#: a cell that is a number (right-aligned): digits first, or a placeholder dash
+_NUMBER = re.compile(r"[-+−]?\.?\d")
+_PLACEHOLDER = {"", "—", "–", "-"}
 
 
 def write_tables(report: Report, folder: Path) -> dict[str, Path]:
@@ -58,15 +67,34 @@ def write_tables(report: Report, folder: Path) -> dict[str, Path]:
     return out
 
 
+def _align(column: list[str]) -> str:
+    """A column's format: ``p`` when its text is long, ``r`` when every cell is a number (or a dash), else ``l``."""
+    if max((len(c) for c in column), default=0) > TEXT:
+        return ">{\\raggedright\\arraybackslash}p{%s}"
+    numbers = [c for c in column if c.strip() not in _PLACEHOLDER]
+    return "r" if numbers and all(_NUMBER.match(c.strip()) for c in numbers) else "l"
+
+
 def _latex(table: Table) -> str:
-    frame = pd.DataFrame([[tex(c) for c in row] for row in table.rows], columns=[tex(c) for c in table.columns])
+    cells = [[str(c) for c in row] for row in table.rows]
+    aligns = [_align([row[i] for row in cells]) for i in range(len(table.columns))]
+    wraps = sum("p{" in a for a in aligns)
+    share = 0.6 / max(1, wraps)  # the wrapping columns' share of the line
+    column_format = "".join(a % f"{share:.2f}\\linewidth" if "p{" in a else a for a in aligns)
+    columns = [tex(c) for c in table.columns]
     caption = tex(table.title + (f". {table.caption}" if table.caption else ""))
-    long = len(table.rows) > LONG
-    wide = not long and len(table.columns) > WIDE
-    body = frame.to_latex(index=False, escape=False, caption=caption, label=f"tab:lambench-{table.id}",
-                          column_format="l" * len(table.columns), longtable=long)
-    if wide:  # scaled to the text width (a longtable cannot be: it breaks across pages instead)
-        body = body.replace("\\begin{tabular}", "\\resizebox{\\linewidth}{!}{%\n\\begin{tabular}")
-        body = body.replace("\\end{tabular}", "\\end{tabular}}")
-    return (f"{MARK} {table.id}; needs \\usepackage{{booktabs}}" + (" and \\usepackage{longtable}" if long else "")
-            + (" and \\usepackage{graphicx}" if wide else "") + "\n" + body)
+    label = f"tab:lambench-{table.id}"
+    wide = len(table.columns) > WIDE
+    env = "table*" if wide else "table"
+    parts = max(1, -(-len(cells) // LONG))
+    bounds = [round(i * len(cells) / parts) for i in range(parts + 1)]
+    floats = []
+    for i, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        frame = pd.DataFrame([[tex(c) for c in row] for row in cells[lo:hi]], columns=columns)
+        body = frame.to_latex(index=False, escape=False, column_format=column_format).rstrip("\n")
+        head = (f"\\caption{{{caption}}}\\label{{{label}}}" if i == 0 else
+                f"\\textit{{Table~\\ref{{{label}}}, continued: rows {lo + 1}--{hi} of {len(cells)}.}}\\par\\smallskip")
+        floats.append(f"\\begin{{{env}}}[tbp]\n\\centering\n" + ("\\setlength{\\tabcolsep}{4pt}\n" if wide else "")
+                      + f"{head}\n{FIT}\n{body}}}\n\\end{{{env}}}\n")
+    packages = "booktabs, graphicx" + (", array" if wraps else "")
+    return f"{MARK} {table.id}; needs \\usepackage{{{packages}}}\n" + "\n".join(floats)

@@ -166,23 +166,57 @@ def test_tables_are_written_for_a_paper(synthetic):
 
 def test_table_files_of_an_earlier_render_go(tmp_path):
     """A table an earlier render wrote and this one has not leaves no file behind (a user's own files stay); a
-    long table is a longtable, a wide one is scaled to the text width."""
+    long table is split into floats of at most LONG rows, each scaled down to the line where wider; a wide
+    one spans a two-column page; long text wraps and numbers are right-aligned."""
     from report.document import Report, Section, Table
-    from report.latex import LONG, WIDE, write_tables
+    from report.latex import FIT, LONG, TEXT, WIDE, write_tables
     gone = Table("gone", "Gone", ["a"], [["1"]])
     write_tables(Report("r", [], [Section("s", "S", tables=[gone])]), tmp_path)
     (tmp_path / "my-paper.tex").write_text("\\documentclass{article}")  # the user's own files stay
     (tmp_path / "notes.csv").write_text("a\n")
-    long = Table("long", "Long", ["a"], [[str(i)] for i in range(LONG + 1)])
+    long = Table("long", "Long", ["i", "name"], [[str(i), f"model {i}"] for i in range(2 * LONG + 1)])
     written = write_tables(Report("r", [], [Section("s", "S", tables=[long])]), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.csv", "long.tex", "my-paper.tex", "notes.csv"]
     assert len(written) == 2
-    assert "\\begin{longtable}" in (tmp_path / "long.tex").read_text()
-    wide = Table("wide", "Wide", [f"c{i}" for i in range(WIDE + 1)], [[str(i) for i in range(WIDE + 1)]])
+    text = (tmp_path / "long.tex").read_text()
+    floats = text.split("\\begin{table}")[1:]
+    assert len(floats) == 3 and text.count(FIT) == 3 and text.count("\\caption{") == 1
+    assert all(f.count("\\\\\n") - 1 <= LONG for f in floats)  # rows (and the header) per float
+    assert "\\ref{tab:lambench-long}, continued: rows 42--61 of 61" in floats[2]
+    assert "{rl}" in floats[0] and "model 60" in floats[2] and "model 40" in floats[1]
+    wide = Table("wide", "Wide", [f"c{i}" for i in range(WIDE + 1)], [["x" * (TEXT + 1)] + ["9.5 ± 0.1"] * WIDE])
     write_tables(Report("r", [], [Section("s", "S", tables=[wide])]), tmp_path)
     text = (tmp_path / "wide.tex").read_text()
-    assert "\\resizebox{\\linewidth}{!}{%\n\\begin{tabular}" in text and "\\end{tabular}}" in text
-    assert "graphicx" in text.splitlines()[0]
+    assert "\\begin{table*}" in text and FIT + "\n\\begin{tabular}" in text and "\\end{tabular}}" in text
+    assert "{>{\\raggedright\\arraybackslash}p{0.60\\linewidth}" + "r" * WIDE + "}" in text
+    assert text.splitlines()[0].endswith("needs \\usepackage{booktabs, graphicx, array}")
+
+
+def test_latex_tables_compile(synthetic, tmp_path):
+    """The report's .tex tables, and a long wide one, compile with pdfLaTeX and the packages their first lines
+    name, none wider than the line (needs pdflatex: TeX Live's texlive-latex-base and -recommended)."""
+    from report.document import Report, Section, Table
+    from report.latex import write_tables
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed (e.g. apt install texlive-latex-base texlive-latex-recommended)")
+    run, _, _ = synthetic
+    files = sorted((run / "tables").glob("*.tex"))
+    rows = [[f"method {i} (trained at λ={i / 80:.2f})", *[f"{i}.{j} ± 0.{j}" for j in range(12)]] for i in range(80)]
+    big = Table("big", "Big", ["method", *[f"metric {j}" for j in range(12)]], rows)
+    files += [write_tables(Report("r", [], [Section("s", "S", tables=[big])]), tmp_path)["table:big.tex"]]
+    packages = set()
+    for f in files:
+        packages |= set(f.read_text().splitlines()[0].split("usepackage{")[1].rstrip("}").split(", "))
+    doc = tmp_path / "paper.tex"
+    doc.write_text("\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{%s}\\begin{document}\n%s\n"
+                   "\\end{document}\n" % (",".join(sorted(packages)), "\n".join(f"\\input{{{f}}}\\clearpage" for f in files)))
+    for _ in range(2):  # the second pass resolves the continued floats' references
+        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+    log = (tmp_path / "paper.log").read_text(errors="replace")
+    assert done.returncode == 0, log[-3000:]
+    assert "Overfull \\hbox" not in log and "undefined" not in log, log[-3000:]
+    assert len(files) >= 7 and (tmp_path / "paper.pdf").stat().st_size > 10_000
 
 
 def test_one_lambda(tmp_path):

@@ -136,7 +136,8 @@ def dial_table(dial: pd.DataFrame, methods: list[str], multi: bool):
                     fmt.seconds(r["ofa_time"]), fmt.seconds(r["ded_time"]), fmt.ratio(r["ofa_time"], r["ded_time"]),
                     measured])
     header = (SETTING_COLS if multi else []) + ["method", "grid λ", "params stored", "dedicated params",
-                                                "dedicated ÷ one", "train time", "dedicated time", "dedicated ÷ one",
+                                                "params: dedicated ÷ one", "train time", "dedicated time",
+                                                "time: dedicated ÷ one",
                                                 "dedicated λ measured"]
     if not T.has(dial, "ofa_params"):  # no parameter counts in the run: leave their columns out
         cut = len(header) - 7
@@ -144,7 +145,7 @@ def dial_table(dial: pd.DataFrame, methods: list[str], multi: bool):
         rows = [r[:cut] + r[cut + 3:] for r in rows]
     return Table("dial", "Cost of the dial", header, rows,
                  "params stored: stored_params (else params) of the one model; dedicated: one model per λ of "
-                 "the method's own grid (grid λ; --lambdas does not change their number); dedicated ÷ one: how "
+                 "the method's own grid (grid λ; --lambdas does not change their number); params, time: dedicated ÷ one: how "
                  "many times the one model's cost the dedicated models take; dedicated λ measured: how many of "
                  "the λ this run scored have a dedicated model in it, timed as measured (the rest of the grid "
                  "is costed as the mean adversarially trained one; no time where there is none). Where the run "

@@ -158,6 +158,9 @@ def test_tables_are_written_for_a_paper(synthetic):
     for name in ("per-lambda", "models", "operating", "dial", "flags", "config"):
         assert (run / "tables" / f"{name}.tex").exists() and f'href="tables/{name}.csv"' in html
         assert not set((run / "tables" / f"{name}.tex").read_text()) & set("±λεσ≥×÷★⚠—·")
+    for path in (run / "tables").glob("*.csv"):  # each column named once: the CSV reads back as it was written
+        header = path.read_text().splitlines()[0].split(",")
+        assert len(header) == len(set(header)), (path.name, header)
     assert tex("50% of a_b & c ≥ 0.8 ± 1 {x}") == r"50\% of a\_b \& c $\geq$ 0.8 $\pm$ 1 \{x\}"
     for text in ("--methods", "---", "a−-b", "x–-y", "-—"):  # no run of hyphens LaTeX would set as a dash
         assert "--" not in tex(text), (text, tex(text))

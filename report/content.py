@@ -12,7 +12,7 @@ import pandas as pd
 
 from harness.errors import LambenchError
 
-from . import cost_figures, figures, style, tables as T
+from . import cost_figures, figures, marks, style, tables as T
 from .document import Figure, Report, Section
 from .fmt import eps as fmt_eps
 from .load import Run
@@ -65,14 +65,14 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
         suffix, label = _setting_names(setting, len(settings))
         floor = floors[setting]
         warn = [flag_line(r) for _, r in flagged.iterrows() if _in(r, setting)]
-        entries = sub["method"].nunique() + _flagged(sub)  # the legend's methods and flag ring (paper sizes)
+        entries = sub["method"].nunique() + _flagged(sub) + _rand(sub)  # legend entries (paper sizes)
         s_trade.figures.append(Figure(
             f"tradeoff{suffix}", f"Trade-off{label}",
             "Clean accuracy against robust accuracy; left PGD, right AutoAttack. "
             + _attack_caption(sub) + " Circled points, joined by the grey band, form the Pareto front of all "
             "points (no other point is better on both). Numbers: λ, each nearest its own point, where there is room "
             "for them (the tables hold every point). Error bars: std over seeds where there are several."
-            + (figures.FLAGGED_CAPTION if _flagged(sub) else ""),
+            + (marks.FLAGGED_CAPTION if _flagged(sub) else "") + (marks.RAND_CAPTION if _rand(sub) else ""),
             partial(figures.draw_tradeoff, pts=sub, methods=methods), (11, 5.4), warnings=warn,
             paper=[_paper(f"tradeoff-{r}{suffix}", partial(figures.draw_tradeoff, pts=sub, methods=methods,
                                                            robusts=(r,)), 1, entries + 2)
@@ -80,7 +80,8 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
         s_lambda.figures.append(Figure(
             f"lambda{suffix}", f"Accuracy against λ{label}",
             "Clean and robust accuracy at each λ: once-for-all models as lines, dedicated models as points at "
-            "their training λ. " + _attack_caption(sub) + (figures.FLAGGED_CAPTION if _flagged(sub) else ""),
+            "their training λ. " + _attack_caption(sub) + (marks.FLAGGED_CAPTION if _flagged(sub) else "")
+            + (marks.RAND_CAPTION if _rand(sub) else ""),
             partial(figures.draw_lambda, pts=sub, methods=methods), (11, 4.6), warnings=warn,
             paper=[_paper(f"lambda{suffix}", partial(figures.draw_lambda, pts=sub, methods=methods),
                           1 + T.has(sub, "pgd") + T.has(sub, "aa"), entries)]))
@@ -92,7 +93,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                 f"clean accuracy ≥ {_pct(floor)} (hollow; none when the best λ already reaches that floor, or when "
                 "no λ does), against parameters, MACs, training wall-clock and training peak memory. For "
                 "dedicated models, the one model at that λ." + (f" {why}" if why else "")
-                + (figures.FLAGGED_CAPTION if _flagged(o) else ""),
+                + (marks.FLAGGED_CAPTION if _flagged(o) else ""),
                 partial(cost_figures.draw_complexity, ops=o, robust=robust, methods=methods, floor=floor),
                 cost_figures.complexity_size(o), warnings=[_flag_point(r) for _, r in o[T.flagged(o)].iterrows()],
                 paper=[_paper(f"complexity{suffix}", partial(cost_figures.draw_complexity, ops=o, robust=robust,
@@ -160,6 +161,10 @@ def _pct(v) -> str:
 
 def _flagged(frame: pd.DataFrame) -> bool:
     return bool(T.flagged(frame).any())
+
+
+def _rand(frame: pd.DataFrame) -> bool:
+    return bool(marks.rand(frame).any())
 
 
 def _flag_point(r) -> str:

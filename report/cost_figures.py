@@ -12,7 +12,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from . import fmt, style
-from .figures import ROBUST_NAMES, finish, flagged_handle, legend, legend_handles, panels, ring_flagged
+from .figures import ROBUST_NAMES, finish, legend, legend_handles, panels
+from .marks import flagged_handle, ring_flagged
 from .tables import has
 
 #: the complexity panels: column, axis label, what produces the column when it is missing

@@ -18,17 +18,13 @@ from matplotlib.lines import Line2D
 
 from harness.atomic import write_atomic
 
-from . import style
-from .tables import flagged, has, pareto
+from . import marks, style
+from .tables import has, pareto
 
 ROBUST_NAMES = {"pgd": "PGD", "aa": "AutoAttack"}
 #: where each missing robust metric comes from, for the panel that stays empty
 MISSING_HINT = {"pgd": "no pgd_acc rows: run python run_all.py --eval pgd20",
                 "aa": "no aa_acc rows: run with --aa standard"}
-#: the flagged points' ring, and what the captions say of it
-FLAG_COLOR = "#c0392b"
-FLAGGED_CAPTION = (" Red rings: points a sanity check flagged (see Sanity checks); do not trust their robust "
-                   "accuracy.")
 LABEL_OFFSETS = [((5, 4), "left", "bottom"), ((5, -5), "left", "top"), ((-5, 4), "right", "bottom"),
                  ((-5, -5), "right", "top"), ((0, 7), "center", "bottom"), ((0, -8), "center", "top"),
                  ((9, 0), "left", "center"), ((-9, 0), "right", "center")]
@@ -104,24 +100,10 @@ def plot_method(ax, pts: pd.DataFrame, method: str, methods, x: str, y: str, sca
     if (xe is not None and pd.notna(xe).any()) or (ye is not None and pd.notna(ye).any()):
         ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt="none", ecolor=look["color"], elinewidth=0.7, capsize=1.5,
                     alpha=0.45, zorder=2)
-    ring_flagged(ax, xs, ys, rows)
+    marks.ring_flagged(ax, xs, ys, rows)
+    if "aa" in (x, y):
+        marks.dot_rand(ax, xs, ys, rows)
     return [(a, b, f"{lam:g}", look["color"], method) for a, b, lam in zip(xs, ys, rows["lambda"])]
-
-
-def ring_flagged(ax, xs, ys, rows: pd.DataFrame) -> None:
-    """A red ring round each point of ``rows`` that a sanity check flagged (``flags``, from tables.mark_flags)."""
-    hit = flagged(rows).to_numpy()
-    if hit.any():
-        ax.scatter(xs[hit], ys[hit], s=style.size(15.5) ** 2, facecolors="none", edgecolors=FLAG_COLOR,
-                   linewidths=style.size(1.6), zorder=5)
-
-
-def flagged_handle(pts: pd.DataFrame) -> list:
-    """The legend entry for the red rings, where ``pts`` has a flagged point."""
-    if not flagged(pts).any():
-        return []
-    return [Line2D([], [], marker="o", markersize=style.size(13), linestyle="none", markerfacecolor="none",
-                   markeredgecolor=FLAG_COLOR, markeredgewidth=style.size(1.6), label="flagged by a sanity check")]
 
 
 def legend_handles(pts: pd.DataFrame, methods, lines: bool = True) -> list:
@@ -147,8 +129,9 @@ def legend(fig, handles: list, most: int = 4, **kwargs):
     """The figure legend of ``handles`` below ``fig``'s panels (a Figure, or a SubFigure on a page), in as many
     columns as fit its width, at most ``most`` (measured: fewer are tried until the legend fits)."""
     renderer = fig.figure.canvas.get_renderer()
+    labels = [(h[0] if isinstance(h, tuple) else h).get_label() for h in handles]
     for cols in range(min(most, len(handles)), 0, -1):
-        leg = fig.legend(handles=handles, loc="outside lower center", ncols=cols, **kwargs)
+        leg = fig.legend(handles, labels, loc="outside lower center", ncols=cols, **kwargs)
         if cols == 1 or leg.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
             return leg
         leg.remove()
@@ -270,7 +253,7 @@ def draw_tradeoff(fig, pts: pd.DataFrame, methods: list[str], robusts=("pgd", "a
     handles.append(Line2D([], [], color=style.FRONT_COLOR, linewidth=style.size(6), alpha=0.25, marker="o",
                           markersize=style.size(11),
                           markerfacecolor="none", markeredgecolor=style.FRONT_COLOR, label="Pareto front"))
-    handles += flagged_handle(pts)
+    handles += marks.flagged_handle(pts) + (marks.rand_handle(pts) if "aa" in shown else [])
     legend(fig, handles, title="numbers next to points: λ")
     finish(fig, labels)
 
@@ -292,6 +275,7 @@ def draw_lambda(fig, pts: pd.DataFrame, methods: list[str]) -> None:
         ax.set_ylabel("accuracy (%)")
     for ax in axes[2:]:
         ax.tick_params(labelleft=False)
-    handles = legend_handles(pts, methods) + flagged_handle(pts)
+    handles = (legend_handles(pts, methods) + marks.flagged_handle(pts)
+               + (marks.rand_handle(pts) if has(pts, "aa") else []))
     legend(fig, handles, 5)
     finish(fig)

@@ -4,9 +4,8 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from harness.conditioned import ALL, CondConv2d, Condition, ConditionedLayers, DualBN, FiLM
+from harness.conditioned import ALL, CondConv2d, Condition, DualBN, FiLM
 from harness.config import TrainConfig
 from harness.data import DatasetInfo
 from harness.errors import LambenchError

@@ -157,3 +157,39 @@ def test_dial_says_how_many_dedicated_models_were_timed_and_paper_pngs_are_300_d
     from PIL import Image
     render(run, formats=("html",))
     assert Image.open(run / "figures" / "paper" / "tradeoff-aa.png").size[0] == 1020
+
+
+def _white_dots(ax) -> int:
+    return sum(len(c.get_offsets()) for c in ax.collections if len(c.get_facecolor()) and len(c.get_offsets())
+               and matplotlib.colors.to_hex(c.get_facecolor()[0]) == "#ffffff")
+
+
+def test_autoattack_rand_points_carry_a_white_dot(tmp_path):
+    """Where a point's AutoAttack accuracy is AutoAttack rand's (EOT, for FLOAT-family noise at λ ≥ 0.1), its
+    marker carries a white dot in the trade-off and λ figures, named in the legend and the caption; the
+    standard version's points carry none, and the column-wide paper figure still fits its legend."""
+    from report.marks import RAND_CAPTION
+    from test_report import EVIL
+
+    def rand(t):
+        t = _synthetic(t)
+        noisy = (t["method"] == EVIL) & (t["metric"] == "aa_acc") & (t["lambda"] >= 0.1)
+        t.loc[noisy, "attack"] = "aa-rand"
+        return t
+    style.setup()
+    figures = {f.name: f for f in build(load_run(_run(tmp_path, rand))).figures}
+    for name, panel in (("tradeoff", 1), ("lambda", 2)):  # the AutoAttack panel
+        spec = figures[name]
+        assert RAND_CAPTION in spec.caption
+        fig = _drawn(spec)
+        assert _white_dots(fig.axes[panel]) == 10, name  # λ = 0.1 … 1; λ = 0 is the standard one
+        assert _white_dots(fig.axes[0]) == 0  # the PGD (or clean) panel
+        assert any("AutoAttack rand" in t.get_text() for leg in fig.legends for t in leg.get_texts())
+    plain = {f.name: f for f in build(load_run(_run(tmp_path, name="plain"))).figures}  # no rand point
+    assert RAND_CAPTION not in plain["tradeoff"].caption
+    spec = next(p for p in figures["tradeoff"].paper if p.name == "tradeoff-aa")
+    with style.paper():
+        fig = new_figure(spec.size, layout="constrained")
+        spec.draw(fig)
+        drawn = fig.get_tightbbox(fig.canvas.get_renderer())
+    assert drawn.x1 <= spec.size[0] + 0.02 and drawn.y0 >= -0.02 and drawn.y1 <= spec.size[1] + 0.02

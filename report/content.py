@@ -65,7 +65,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
         suffix, label = _setting_names(setting, len(settings))
         floor = floors[setting]
         warn = [flag_line(r) for _, r in flagged.iterrows() if _in(r, setting)]
-        entries = sub["method"].nunique() + _flagged(sub) + _rand(sub)  # legend entries (paper sizes)
+        entries = sub["method"].nunique() + _flagged(sub)  # legend entries (paper sizes; + the white dot's in AA's)
         s_trade.figures.append(Figure(
             f"tradeoff{suffix}", f"Trade-off{label}",
             "Clean accuracy against robust accuracy; left PGD, right AutoAttack. "
@@ -75,7 +75,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
             + (marks.FLAGGED_CAPTION if _flagged(sub) else "") + (marks.RAND_CAPTION if _rand(sub) else ""),
             partial(figures.draw_tradeoff, pts=sub, methods=methods), (11, 5.4), warnings=warn,
             paper=[_paper(f"tradeoff-{r}{suffix}", partial(figures.draw_tradeoff, pts=sub, methods=methods,
-                                                           robusts=(r,)), 1, entries + 2)
+                                                           robusts=(r,)), 1, entries + 2 + (r == "aa" and _rand(sub)))
                    for r in ("pgd", "aa") if T.has(sub, r)]))
         s_lambda.figures.append(Figure(
             f"lambda{suffix}", f"Accuracy against λ{label}",
@@ -84,7 +84,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
             + (marks.RAND_CAPTION if _rand(sub) else ""),
             partial(figures.draw_lambda, pts=sub, methods=methods), (11, 4.6), warnings=warn,
             paper=[_paper(f"lambda{suffix}", partial(figures.draw_lambda, pts=sub, methods=methods),
-                          1 + T.has(sub, "pgd") + T.has(sub, "aa"), entries)]))
+                          1 + T.has(sub, "pgd") + T.has(sub, "aa"), entries + _rand(sub))]))
         o = ops[T.in_setting(ops, setting)] if len(ops) else ops
         if len(o) and cost_figures.cost_axes(o)[0]:  # something to plot against
             s_cost.figures.append(Figure(
@@ -93,7 +93,7 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
                 f"clean accuracy ≥ {_pct(floor)} (hollow; none when the best λ already reaches that floor, or when "
                 "no λ does), against parameters, MACs, training wall-clock and training peak memory. For "
                 "dedicated models, the one model at that λ." + (f" {why}" if why else "")
-                + (marks.FLAGGED_CAPTION if _flagged(o) else ""),
+                + (marks.FLAGGED_CAPTION if _flagged(o) else "") + _rand_points(o, robust),
                 partial(cost_figures.draw_complexity, ops=o, robust=robust, methods=methods, floor=floor),
                 cost_figures.complexity_size(o), warnings=[_flag_point(r) for _, r in o[T.flagged(o)].iterrows()],
                 paper=[_paper(f"complexity{suffix}", partial(cost_figures.draw_complexity, ops=o, robust=robust,
@@ -165,6 +165,14 @@ def _flagged(frame: pd.DataFrame) -> bool:
 
 def _rand(frame: pd.DataFrame) -> bool:
     return bool(marks.rand(frame).any())
+
+
+def _rand_points(ops: pd.DataFrame, robust: str) -> str:
+    """The complexity caption's sentence naming the points scored by AutoAttack rand (no white dot there: its
+    hollow markers are the clean-floor points)."""
+    hit = ops[marks.rand(ops)] if robust == "aa" else ops.iloc[:0]
+    names = sorted({point_name(r) for _, r in hit.iterrows()})
+    return f" AutoAttack rand (a random forward pass) scored {', '.join(names)}." if names else ""
 
 
 def _flag_point(r) -> str:

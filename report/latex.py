@@ -5,6 +5,7 @@ with pdfLaTeX; a table wider than the line is scaled down to it, long text wraps
 right-aligned, and a long table is split into floats of at most ``LONG`` rows."""
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from harness.atomic import write_atomic
 from .document import Report, Table
 
 #: LaTeX's special characters, escaped first
-SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+SPECIAL = {"\\": r"\textbackslash{}", "<": r"\textless{}", ">": r"\textgreater{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 #: the report's symbols, then
 SYMBOLS = {"±": r"$\pm$", "λ": r"$\lambda$", "ε": r"$\epsilon$", "σ": r"$\sigma$", "≥": r"$\geq$",
@@ -37,15 +38,17 @@ def tex(text: str) -> str:
 MARK = "% lambench table"
 #: a table of more columns than this is a ``table*`` (both columns of a two-column paper), set closer
 WIDE = 8
-#: a table of more rows than this is split into floats of at most this many rows (one float would not fit
-#: a page; a ``longtable`` could not be scaled to the text width)
+#: a table of more lines than this is split into floats of at most this many (one float would not fit a
+#: page; a ``longtable`` could not be scaled to the text width); a wrapping cell counts a line per ``LINE``
+#: characters of a column taking 0.6 of the line (a two-column paper's: about 30)
 LONG = 30
+LINE = 30
 #: a column whose longest cell has more characters than this wraps (a ``p`` column)
 TEXT = 40
 #: natural width, or the text width where wider: a table is scaled down to fit, never up
 FIT = r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%"
 #: a cell that is a number (right-aligned): digits first, or a placeholder dash
-_NUMBER = re.compile(r"[-+−]?\.?\d")
+_NUMBER = re.compile(r"[-+−×]?\.?\d")
 _PLACEHOLDER = {"", "—", "–", "-"}
 
 
@@ -75,6 +78,16 @@ def _align(column: list[str]) -> str:
     return "r" if numbers and all(_NUMBER.match(c.strip()) for c in numbers) else "l"
 
 
+def _rows(lo: int, hi: int) -> str:
+    return f"rows {lo + 1}--{hi}" if hi > lo + 1 else f"row {hi}"
+
+
+def _breakable(text: str) -> str:
+    """A wrapping cell's LaTeX, a line break allowed after each comma, slash and underscore (a command line's
+    lists, a path: LaTeX breaks only at spaces and hyphens, and a long word would run out of its column)."""
+    return re.sub(r"(,|/|\\_)(?=\S)", lambda m: m.group(1) + "\\allowbreak{}", text)
+
+
 def _latex(table: Table) -> str:
     cells = [[str(c) for c in row] for row in table.rows]
     aligns = [_align([row[i] for row in cells]) for i in range(len(table.columns))]
@@ -86,14 +99,22 @@ def _latex(table: Table) -> str:
     label = f"tab:lambench-{table.id}"
     wide = len(table.columns) > WIDE
     env = "table*" if wide else "table"
-    parts = max(1, -(-len(cells) // LONG))
-    bounds = [round(i * len(cells) / parts) for i in range(parts + 1)]
+    per_line = LINE * share / 0.6  # characters a line of a wrapping column holds, about
+    bounds, used = [0], 0
+    for k, row in enumerate(cells):  # a new float where this row would take the lines past LONG
+        lines = max([1] + [math.ceil(len(c) / per_line) for c, a in zip(row, aligns) if "p{" in a])
+        if used + lines > LONG and k > bounds[-1]:
+            bounds.append(k)
+            used = 0
+        used += lines
+    bounds.append(len(cells))
     floats = []
     for i, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
-        frame = pd.DataFrame([[tex(c) for c in row] for row in cells[lo:hi]], columns=columns)
+        frame = pd.DataFrame([[_breakable(tex(c)) if "p{" in a else tex(c) for c, a in zip(row, aligns)]
+                              for row in cells[lo:hi]], columns=columns)
         body = frame.to_latex(index=False, escape=False, column_format=column_format).rstrip("\n")
         head = (f"\\caption{{{caption}}}\\label{{{label}}}" if i == 0 else
-                f"\\textit{{Table~\\ref{{{label}}}, continued: rows {lo + 1}--{hi} of {len(cells)}.}}\\par\\smallskip")
+                f"\\textit{{Table~\\ref{{{label}}}, continued: {_rows(lo, hi)} of {len(cells)}.}}\\par\\smallskip")
         floats.append(f"\\begin{{{env}}}[tbp]\n\\centering\n" + ("\\setlength{\\tabcolsep}{4pt}\n" if wide else "")
                       + f"{head}\n{FIT}\n{body}}}\n\\end{{{env}}}\n")
     packages = "booktabs, graphicx" + (", array" if wraps else "")

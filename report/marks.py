@@ -18,10 +18,11 @@ RAND_CAPTION = (" White dots: AutoAttack accuracy from its rand version (APGD-CE
 
 
 def rand(rows: pd.DataFrame) -> np.ndarray:
-    """Which points' AutoAttack accuracy comes from its rand version (EOT; a model with a random forward)."""
+    """Which points' AutoAttack accuracy comes from its rand version (EOT; a model with a random forward), every
+    seed's ("aa-rand/aa-standard": the seeds' strongest differ, no dot)."""
     if "aa_attack" not in rows:
         return np.zeros(len(rows), bool)
-    return rows["aa_attack"].fillna("").str.contains("rand").to_numpy()
+    return rows["aa_attack"].fillna("").map(lambda a: bool(a) and all("rand" in s for s in a.split("/"))).to_numpy(bool)
 
 
 def dot_rand(ax, xs, ys, rows: pd.DataFrame) -> None:

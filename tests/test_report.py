@@ -165,6 +165,7 @@ def test_tables_are_written_for_a_paper(synthetic):
     for text in ("--methods", "---", "a−-b", "x–-y", "-—"):  # no run of hyphens LaTeX would set as a dash
         assert "--" not in tex(text), (text, tex(text))
     assert tex("— –") == r"\textemdash{} \textendash{}"
+    assert tex('["a"] <b>') == r'["a"] \textless{}b\textgreater{}'  # OT1 would print < > as ¡ ¿
 
 
 def test_table_files_of_an_earlier_render_go(tmp_path):
@@ -172,7 +173,7 @@ def test_table_files_of_an_earlier_render_go(tmp_path):
     long table is split into floats of at most LONG rows, each scaled down to the line where wider; a wide
     one spans a two-column page; long text wraps and numbers are right-aligned."""
     from report.document import Report, Section, Table
-    from report.latex import FIT, LONG, TEXT, WIDE, write_tables
+    from report.latex import FIT, LINE, LONG, TEXT, WIDE, write_tables
     gone = Table("gone", "Gone", ["a"], [["1"]])
     write_tables(Report("r", [], [Section("s", "S", tables=[gone])]), tmp_path)
     (tmp_path / "my-paper.tex").write_text("\\documentclass{article}")  # the user's own files stay
@@ -185,8 +186,12 @@ def test_table_files_of_an_earlier_render_go(tmp_path):
     floats = text.split("\\begin{table}")[1:]
     assert len(floats) == 3 and text.count(FIT) == 3 and text.count("\\caption{") == 1
     assert all(f.count("\\\\\n") - 1 <= LONG for f in floats)  # rows (and the header) per float
-    assert "\\ref{tab:lambench-long}, continued: rows 42--61 of 61" in floats[2]
-    assert "{rl}" in floats[0] and "model 60" in floats[2] and "model 40" in floats[1]
+    assert "\\ref{tab:lambench-long}, continued: rows 31--60 of 61" in floats[1] and "row 61 of 61" in floats[2]
+    assert "{rl}" in floats[0] and "model 60" in floats[2] and "model 59" in floats[1]
+    wrapped = Table("wrapped", "Wrapped", ["name", "text"], [[str(i), "word " * 20] for i in range(LONG)])
+    text = write_tables(Report("r", [], [Section("s", "S", tables=[wrapped])]), tmp_path)["table:wrapped.tex"]
+    assert LINE == 30 and text.read_text().count("\\begin{table}") == -(-LONG // (LONG // 4))  # a row 4 lines (100
+    # characters, 30 a line): LONG // 4 rows a float
     wide = Table("wide", "Wide", [f"c{i}" for i in range(WIDE + 1)], [["x" * (TEXT + 1)] + ["9.5 ± 0.1"] * WIDE])
     write_tables(Report("r", [], [Section("s", "S", tables=[wide])]), tmp_path)
     text = (tmp_path / "wide.tex").read_text()
@@ -195,31 +200,43 @@ def test_table_files_of_an_earlier_render_go(tmp_path):
     assert text.splitlines()[0].endswith("needs \\usepackage{booktabs, graphicx, array}")
 
 
-def test_latex_tables_compile(synthetic, tmp_path):
-    """The report's .tex tables, and a long wide one, compile with pdfLaTeX and the packages their first lines
-    name, none wider than the line (needs pdflatex: TeX Live's texlive-latex-base and -recommended)."""
+@pytest.mark.parametrize("options", ["", "twocolumn"])
+def test_latex_tables_compile(synthetic, tmp_path, options):
+    """The report's .tex tables, a long wide one, a config whose values have long words (an explicit --lambdas
+    list, a path) and 30 flags whose text wraps compile with pdfLaTeX and the packages their first lines name
+    (no fontenc: < and > are LaTeX's own), in one- and two-column documents: nothing wider than the line,
+    no float taller than a page (needs pdflatex: TeX Live's texlive-latex-base and -recommended)."""
     from report.document import Report, Section, Table
     from report.latex import write_tables
+    from report.notes import describe
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex not installed (e.g. apt install texlive-latex-base texlive-latex-recommended)")
     run, _, _ = synthetic
     files = sorted((run / "tables").glob("*.tex"))
     rows = [[f"method {i} (trained at λ={i / 80:.2f})", *[f"{i}.{j} ± 0.{j}" for j in range(12)]] for i in range(80)]
-    big = Table("big", "Big", ["method", *[f"metric {j}" for j in range(12)]], rows)
-    files += [write_tables(Report("r", [], [Section("s", "S", tables=[big])]), tmp_path)["table:big.tex"]]
+    config = [["command", "python run_all.py --methods pgd_at,float --lambdas " + ",".join(f"{k / 20:g}" for k in range(21))],
+              ["config: data_root", "/mnt/shared/datasets/cifar10_batches_py/train_and_test"], ["x", "<b> \\n"]]
+    flags = [[m, f"{k / 10:g}", "eot_vs_plain", "pgd20-eot", "⚠ flagged (seed 0, 1, 2)", describe("eot_vs_plain")]
+             for m in ("FLOAT", "FLOATS", "OAT") for k in range(10)]
+    extra = [Table("big", "Big", ["method", *[f"metric {j}" for j in range(12)]], rows),
+             Table("long-words", "Configuration", ["setting", "value"], config),
+             Table("many-flags", "Flags", ["model", "λ", "check", "attack", "result", "what it checks"], flags)]
+    files += list(write_tables(Report("r", [], [Section("s", "S", tables=extra)]), tmp_path / "more").values())
+    files = [f for f in files if f.suffix == ".tex"]
     packages = set()
     for f in files:
         packages |= set(f.read_text().splitlines()[0].split("usepackage{")[1].rstrip("}").split(", "))
     doc = tmp_path / "paper.tex"
-    doc.write_text("\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{%s}\\begin{document}\n%s\n"
-                   "\\end{document}\n" % (",".join(sorted(packages)), "\n".join(f"\\input{{{f}}}\\clearpage" for f in files)))
+    doc.write_text("\\documentclass[%s]{article}\\usepackage{%s}\\begin{document}\n%s\n\\end{document}\n"
+                   % (options, ",".join(sorted(packages)), "\n".join(f"\\input{{{f}}}\\clearpage" for f in files)))
     for _ in range(2):  # the second pass resolves the continued floats' references
         done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
                               capture_output=True, text=True, timeout=120)
     log = (tmp_path / "paper.log").read_text(errors="replace")
     assert done.returncode == 0, log[-3000:]
-    assert "Overfull \\hbox" not in log and "undefined" not in log, log[-3000:]
-    assert len(files) >= 7 and (tmp_path / "paper.pdf").stat().st_size > 10_000
+    for problem in ("Overfull \\hbox", "undefined", "Float too large", "Missing character"):
+        assert problem not in log, (problem, log[-3000:])
+    assert len(files) >= 10 and (tmp_path / "paper.pdf").stat().st_size > 10_000
 
 
 def test_one_lambda(tmp_path):

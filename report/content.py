@@ -72,7 +72,8 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
             + _attack_caption(sub) + " Circled points, joined by the grey band, form the Pareto front of all "
             "points (no other point is better on both). Numbers: λ, each nearest its own point, where there is room "
             "for them (the tables hold every point). Error bars: std over seeds where there are several."
-            + (marks.FLAGGED_CAPTION if _flagged(sub) else "") + (marks.RAND_CAPTION if _rand(sub) else ""),
+            + (marks.FLAGGED_CAPTION if _flagged(sub) else "") + (marks.RAND_CAPTION if _rand(sub) else "")
+            + (marks.NESTED_CAPTION if marks.nested(sub, [(r, "clean_acc") for r in ("pgd", "aa")]) else ""),
             partial(figures.draw_tradeoff, pts=sub, methods=methods), (11, 5.4), warnings=warn,
             paper=[_paper(f"tradeoff-{r}{suffix}", partial(figures.draw_tradeoff, pts=sub, methods=methods,
                                                            robusts=(r,)), 1, entries + 2 + (r == "aa" and _rand(sub)))
@@ -81,7 +82,8 @@ def build(run: Run, clean_floor: float | None = None) -> Report:
             f"lambda{suffix}", f"Accuracy against λ{label}",
             "Clean and robust accuracy at each λ: once-for-all models as lines, dedicated models as points at "
             "their training λ. " + _attack_caption(sub) + (marks.FLAGGED_CAPTION if _flagged(sub) else "")
-            + (marks.RAND_CAPTION if _rand(sub) else ""),
+            + (marks.RAND_CAPTION if _rand(sub) else "")
+            + (marks.NESTED_CAPTION if marks.nested(sub, [("lambda", c) for c in ("clean_acc", "pgd", "aa")]) else ""),
             partial(figures.draw_lambda, pts=sub, methods=methods), (11, 4.6), warnings=warn,
             paper=[_paper(f"lambda{suffix}", partial(figures.draw_lambda, pts=sub, methods=methods),
                           1 + T.has(sub, "pgd") + T.has(sub, "aa"), entries + _rand(sub))]))

@@ -243,6 +243,7 @@ def draw_tradeoff(fig, pts: pd.DataFrame, methods: list[str], robusts=("pgd", "a
         items = []
         for m in methods:
             items += plot_method(ax, sub, m, methods, robust, "clean_acc")
+        marks.nest(ax, items, methods, sub)
         ax.autoscale(tight=True)
         _pad_limits(ax)
         ax.set_title(ROBUST_NAMES[robust])
@@ -265,8 +266,8 @@ def draw_lambda(fig, pts: pd.DataFrame, methods: list[str]) -> None:
     for ax in axes[2:]:  # the robust panels share their scale; clean accuracy has its own (97–99% would be flat
         ax.sharey(axes[1])  # on a 0–100% axis shared with robust accuracy)
     for ax, (col, name) in zip(axes, panels):
-        for m in methods:
-            plot_method(ax, pts, m, methods, "lambda", col, scale=(1, 100))
+        items = [it for m in methods for it in plot_method(ax, pts, m, methods, "lambda", col, scale=(1, 100))]
+        marks.nest(ax, items, methods, pts)
         ax.set_title(f"{name} accuracy")
         ax.set_xlabel("λ")
         ax.set_xlim(-0.05, 1.05)

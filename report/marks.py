@@ -56,3 +56,39 @@ def rand_handle(pts: pd.DataFrame) -> list:
                     markeredgecolor="0.2", markeredgewidth=0.7, label="white dot: AutoAttack rand (EOT)"),
              Line2D([], [], marker="o", markersize=style.size(2.6), linestyle="none", color="white",
                     markeredgecolor="none"))]  # (a tuple: the dot drawn over the marker)
+
+
+NESTED_CAPTION = (" Where points of several methods coincide, the covered ones are drawn smaller inside the top one.")
+
+
+def coincident(items: list) -> list[list]:
+    """Groups of ``items`` ((x, y, text, colour, method) each, in drawing order) at one place from more than one
+    method: each group's items, one per method (its last)."""
+    places: dict = {}
+    for item in items:
+        places.setdefault((round(item[0], 9), round(item[1], 9)), {})[item[4]] = item
+    return [list(by.values()) for by in places.values() if len(by) > 1]
+
+
+def nest(ax, items: list, methods, pts: pd.DataFrame) -> None:
+    """Draw each covered marker of ``coincident(items)`` again, smaller, over the one on top (the dedicated
+    model's, else the last drawn), so no method's point is hidden under another's."""
+    kinds = pts.drop_duplicates("method").set_index("method")["kind"]
+    for group in coincident(items):
+        group.sort(key=lambda it: kinds.get(it[4]) == "dedicated")  # (stable: drawing order otherwise)
+        for k, (x, y, _, _, method) in enumerate(reversed(group[:-1]), start=1):
+            look = style.look(method, methods)
+            ax.plot([x], [y], marker=look["marker"], color=look["color"], linestyle="none",
+                    markersize=style.size(6) * 0.55 ** k, markeredgecolor="white", markeredgewidth=0.5,
+                    zorder=4 + 0.01 * k)
+
+
+def nested(pts: pd.DataFrame, pairs) -> bool:
+    """Whether ``pts`` has points of several methods at one place on any (x, y) of ``pairs``."""
+    for x, y in pairs:
+        if not {x, y} <= set(pts.columns):
+            continue
+        rows = pts.dropna(subset=[x, y])
+        if coincident([(a, b, "", None, m) for a, b, m in zip(rows[x], rows[y], rows["method"])]):
+            return True
+    return False

@@ -194,3 +194,34 @@ def test_autoattack_rand_points_carry_a_white_dot(tmp_path):
         spec.draw(fig)
         drawn = fig.get_tightbbox(fig.canvas.get_renderer())
     assert drawn.x1 <= spec.size[0] + 0.02 and drawn.y0 >= -0.02 and drawn.y1 <= spec.size[1] + 0.02
+
+
+def test_points_of_several_methods_at_one_place_are_all_seen(tmp_path):
+    """Two methods' points at one place: the covered marker is drawn again, smaller, over the top one (before,
+    OAT's λ=0 point vanished under FLOAT's), in the trade-off and λ figures, and the captions say so."""
+    from report.marks import NESTED_CAPTION
+    from test_report import EVIL
+
+    def same(t):  # OAT and FLOAT (renamed EVIL) at λ = 0: the same accuracies, every seed
+        t = _synthetic(t)
+        for metric, value in (("clean_acc", 0.5), ("pgd_acc", 0.3), ("aa_acc", 0.28)):
+            t.loc[t["method"].isin(["oat", EVIL]) & (t["metric"] == metric) & (t["lambda"] == 0), "value"] = value
+        return t
+    style.setup()
+    run = _run(tmp_path, same)
+    methods = style.method_order(load_run(run).table["method"])
+    figures = {f.name: f for f in build(load_run(run)).figures}
+    for name, point in (("tradeoff", (30.0, 50.0)), ("lambda", (0.0, 50.0))):
+        assert NESTED_CAPTION in figures[name].caption
+        ax = _drawn(figures[name]).axes[0]
+        seen = {}
+        for ln in ax.lines:
+            xs, ys = ln.get_xdata(), ln.get_ydata()
+            for x, y in zip(xs, ys):
+                if (round(float(x), 6), round(float(y), 6)) == point:
+                    seen.setdefault(matplotlib.colors.to_hex(ln.get_color()), []).append((ln.get_zorder(), ln.get_markersize()))
+        top, covered = (matplotlib.colors.to_hex(style.look(m, methods)["color"]) for m in (EVIL, "oat"))
+        assert max(z for z, _ in seen[covered]) > max(z for z, _ in seen[top]), seen  # drawn over the top one
+        assert min(s for _, s in seen[covered]) < min(s for _, s in seen[top])  # and smaller
+    plain = {f.name: f for f in build(load_run(_run(tmp_path, _synthetic, name="plain"))).figures}
+    assert NESTED_CAPTION not in plain["tradeoff"].caption

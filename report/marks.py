@@ -71,11 +71,12 @@ def coincident(items: list) -> list[list]:
 
 
 def nest(ax, items: list, methods, pts: pd.DataFrame) -> None:
-    """Draw each covered marker of ``coincident(items)`` again, smaller, over the one on top (the dedicated
-    model's, else the last drawn), so no method's point is hidden under another's."""
+    """Draw each covered marker of ``coincident(items)`` again, smaller, over the one on top (a point drawn
+    without a line, a dedicated or single model's, else the last drawn), so no method's point is hidden under
+    another's."""
     kinds = pts.drop_duplicates("method").set_index("method")["kind"]
     for group in coincident(items):
-        group.sort(key=lambda it: kinds.get(it[4]) == "dedicated")  # (stable: drawing order otherwise)
+        group.sort(key=lambda it: kinds.get(it[4]) != "ofa")  # (plot_method's zorder; stable: drawing order)
         for k, (x, y, _, _, method) in enumerate(reversed(group[:-1]), start=1):
             look = style.look(method, methods)
             ax.plot([x], [y], marker=look["marker"], color=look["color"], linestyle="none",

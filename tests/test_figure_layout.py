@@ -225,3 +225,16 @@ def test_points_of_several_methods_at_one_place_are_all_seen(tmp_path):
         assert min(s for _, s in seen[covered]) < min(s for _, s in seen[top])  # and smaller
     plain = {f.name: f for f in build(load_run(_run(tmp_path, _synthetic, name="plain"))).figures}
     assert NESTED_CAPTION not in plain["tradeoff"].caption
+
+    def single(t):  # Fast-AT (a single model: drawn over lines) and OAT at λ = 1, OAT drawn after it
+        t = _synthetic(t)
+        for metric, value in (("clean_acc", 0.5), ("pgd_acc", 0.3), ("aa_acc", 0.28)):
+            t.loc[t["method"].isin(["oat", "fast_at"]) & (t["metric"] == metric) & (t["lambda"] == 1), "value"] = value
+        return t
+    lam = next(f for f in build(load_run(_run(tmp_path, single, name="single"))).figures if f.name == "lambda")
+    seen = {}
+    for ln in _drawn(lam).axes[0].lines:
+        if any((round(float(x), 6), round(float(y), 6)) == (1.0, 50.0) for x, y in zip(ln.get_xdata(), ln.get_ydata())):
+            seen.setdefault(matplotlib.colors.to_hex(ln.get_color()), []).append(ln.get_zorder())
+    oat, fast = (matplotlib.colors.to_hex(style.look(m, methods)["color"]) for m in ("oat", "fast_at"))
+    assert max(seen[oat]) > max(seen[fast]), seen  # OAT's line marker lies under Fast-AT's: redrawn over it

@@ -2,7 +2,7 @@
 and ``<id>.tex`` (booktabs, written by pandas, in a ``table`` float with the report's title as caption;
 its first line names the packages). The symbols the report uses become LaTeX math, so the file compiles
 with pdfLaTeX; a table wider than the line is scaled down to it, long text wraps, numbers are
-right-aligned, and a long table is split into floats of at most ``LONG`` rows."""
+right-aligned, and a long table is split into floats of at most ``LONG`` lines."""
 from __future__ import annotations
 
 import math
@@ -16,8 +16,9 @@ from harness.atomic import write_atomic
 from .document import Report, Table
 
 #: LaTeX's special characters, escaped first
-SPECIAL = {"\\": r"\textbackslash{}", "<": r"\textless{}", ">": r"\textgreater{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+SPECIAL = {"\\": r"\textbackslash{}", "<": r"\textless{}", ">": r"\textgreater{}", "&": r"\&", "%": r"\%",
+           "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+           "^": r"\textasciicircum{}"}
 #: the report's symbols, then
 SYMBOLS = {"±": r"$\pm$", "λ": r"$\lambda$", "ε": r"$\epsilon$", "σ": r"$\sigma$", "≥": r"$\geq$",
            "≤": r"$\leq$", "×": r"$\times$", "÷": r"$\div$", "★": r"$\star$", "⚠": r"\textbf{!}",
@@ -71,9 +72,7 @@ def write_tables(report: Report, folder: Path) -> dict[str, Path]:
 
 
 def _align(column: list[str]) -> str:
-    """A column's format: ``p`` when its text is long, ``r`` when every cell is a number (or a dash), else ``l``."""
-    if max((len(c) for c in column), default=0) > TEXT:
-        return ">{\\raggedright\\arraybackslash}p{%s}"
+    """A short column's format: ``r`` when every cell is a number (or a dash), else ``l``."""
     numbers = [c for c in column if c.strip() not in _PLACEHOLDER]
     return "r" if numbers and all(_NUMBER.match(c.strip()) for c in numbers) else "l"
 
@@ -90,10 +89,11 @@ def _breakable(text: str) -> str:
 
 def _latex(table: Table) -> str:
     cells = [[str(c) for c in row] for row in table.rows]
-    aligns = [_align([row[i] for row in cells]) for i in range(len(table.columns))]
-    wraps = sum("p{" in a for a in aligns)
-    share = 0.6 / max(1, wraps)  # the wrapping columns' share of the line
-    column_format = "".join(a % f"{share:.2f}\\linewidth" if "p{" in a else a for a in aligns)
+    by_column = [[row[i] for row in cells] for i in range(len(table.columns))]
+    wrap = [max(map(len, column), default=0) > TEXT for column in by_column]  # a p column, ragged right
+    share = 0.6 / max(1, sum(wrap))  # the wrapping columns' share of the line
+    column_format = "".join(f">{{\\raggedright\\arraybackslash}}p{{{share:.2f}\\linewidth}}" if w else _align(column)
+                            for w, column in zip(wrap, by_column))
     columns = [tex(c) for c in table.columns]
     caption = tex(table.title + (f". {table.caption}" if table.caption else ""))
     label = f"tab:lambench-{table.id}"
@@ -102,7 +102,7 @@ def _latex(table: Table) -> str:
     per_line = LINE * share / 0.6  # characters a line of a wrapping column holds, about
     bounds, used = [0], 0
     for k, row in enumerate(cells):  # a new float where this row would take the lines past LONG
-        lines = max([1] + [math.ceil(len(c) / per_line) for c, a in zip(row, aligns) if "p{" in a])
+        lines = max([1] + [math.ceil(len(c) / per_line) for c, w in zip(row, wrap) if w])
         if used + lines > LONG and k > bounds[-1]:
             bounds.append(k)
             used = 0
@@ -110,12 +110,12 @@ def _latex(table: Table) -> str:
     bounds.append(len(cells))
     floats = []
     for i, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
-        frame = pd.DataFrame([[_breakable(tex(c)) if "p{" in a else tex(c) for c, a in zip(row, aligns)]
+        frame = pd.DataFrame([[_breakable(tex(c)) if w else tex(c) for c, w in zip(row, wrap)]
                               for row in cells[lo:hi]], columns=columns)
         body = frame.to_latex(index=False, escape=False, column_format=column_format).rstrip("\n")
         head = (f"\\caption{{{caption}}}\\label{{{label}}}" if i == 0 else
                 f"\\textit{{Table~\\ref{{{label}}}, continued: {_rows(lo, hi)} of {len(cells)}.}}\\par\\smallskip")
         floats.append(f"\\begin{{{env}}}[tbp]\n\\centering\n" + ("\\setlength{\\tabcolsep}{4pt}\n" if wide else "")
                       + f"{head}\n{FIT}\n{body}}}\n\\end{{{env}}}\n")
-    packages = "booktabs, graphicx" + (", array" if wraps else "")
+    packages = "booktabs, graphicx" + (", array" if any(wrap) else "")
     return f"{MARK} {table.id}; needs \\usepackage{{{packages}}}\n" + "\n".join(floats)

@@ -1,6 +1,9 @@
 """Which device a run uses, and its name as results record it."""
 from __future__ import annotations
 
+import functools
+import platform
+
 import torch
 
 from .errors import LambenchError
@@ -25,4 +28,20 @@ def resolve_device(name: str) -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    """The GPU's name; on the CPU, its model and the threads torch uses (``cpu (AMD EPYC, 2 threads)``): times
+    from two CPUs, or one CPU at two thread counts, are never taken for one machine's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({_cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:  # Linux: platform.processor() is often empty there
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown model"

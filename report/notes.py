@@ -75,7 +75,7 @@ def missing(table: pd.DataFrame, pts: pd.DataFrame, info: dict) -> dict[str, lis
             f"{d}: {m}" for d, m in where.items()) + "): compare training and inference times only between "
             "methods measured on one machine.")
     if not has(pts, "train_peak_mem_mb"):
-        cpu = set(table["device"]) <= {"cpu", ""}
+        cpu = all(d == "" or d.startswith("cpu") for d in set(table["device"]))
         notes["complexity"].append("Training peak memory not measured" + (
             ": a CPU run (train_peak_mem_mb is CUDA peak memory, NaN on CPU)." if cpu else
             " (no train_peak_mem_mb values)."))

@@ -50,7 +50,7 @@ def test_training_on_gpu_matches_protocol(tmp_path, digits, compile):
         table = _train_on_gpu(tmp_path, compile=compile)
     acc = table.set_index("metric").value
     assert acc["clean_acc"] > 0.9 and acc["pgd_acc"] > 0.6
-    assert (table.device != "cpu").all()
+    assert not table.device.str.startswith("cpu").any()
     # evaluation measures in fp32 (timings, counts); the model's rows say the precision it was trained in
     fp32 = table.metric.str.startswith("infer_") | table.metric.isin(
         ["macs", "nonzero_params", "params", "stored_params", "eval_time_s"])

@@ -7,8 +7,10 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import run_all
+from harness.device import device_name
 from harness.store import load_checkpoint, save_checkpoint
 
 QUICK = ["--methods", "pgd_at", "--epochs", "1", "--subset", "64", "--eval-n", "16", "--aa", "off",
@@ -283,7 +285,9 @@ def test_training_cost_names_the_device_it_was_measured_on(tmp_path, capsys):
     job = tmp_path / "smoke" / JOB
     assert _main(capsys, *QUICK, *out)[0] == 0
     table = pd.read_csv(tmp_path / "smoke" / "results.csv")
-    assert set(table["device"]) == {"cpu"} and set(table["precision"]) == {"fp32"}
+    here = device_name(torch.device("cpu"))  # "cpu (<model>, <n> threads)"
+    assert here.startswith("cpu (") and here.endswith(f"{torch.get_num_threads()} threads)")
+    assert set(table["device"]) == {here} and set(table["precision"]) == {"fp32"}
     state = load_checkpoint(job / "checkpoint.pt")
     for record in state["history"]:
         record.update(device="NVIDIA H100 80GB HBM3", precision="bf16")
@@ -292,8 +296,8 @@ def test_training_cost_names_the_device_it_was_measured_on(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "smoke" / "results.csv")
     cost = table.metric.isin(["train_time_s", "train_images_per_s", "train_peak_mem_mb", "epochs_trained"])
     assert set(table.loc[cost, "device"]) == {"NVIDIA H100 80GB HBM3"} and set(table.loc[cost, "precision"]) == {"bf16"}
-    assert set(table.loc[table.metric == "clean_acc", "device"]) == {"cpu"}
-    assert set(table.loc[table.metric == "eval_time_s", "device"]) == {"cpu"}
+    assert set(table.loc[table.metric == "clean_acc", "device"]) == {here}
+    assert set(table.loc[table.metric == "eval_time_s", "device"]) == {here}
     # accuracy: the model's precision (it was trained in bf16), not what "auto" means on this device; what
     # evaluation measures itself (counts, timings) is fp32, the precision it runs in
     assert set(table.loc[table.metric.isin(["clean_acc", "pgd_acc"]), "precision"]) == {"bf16"}

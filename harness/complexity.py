@@ -15,7 +15,9 @@ normalisation are not counted, as in published parameter counts):
   branch(es) the condition routes rows to (``n_clean == ALL``: ``bn_clean``; ``0``: ``bn_adv``), and a
   forward that runs several paths (SMART's mixed logits) counts each entry once.
 - ``stored_params``: what a deployment must store to serve the whole lambda grid: the union over lambdas
-  of the entries used (per-parameter boolean masks OR-ed), shared weights once.
+  of the entries used (per-parameter boolean masks OR-ed), shared weights once, zero or not: an entry a mask
+  drops is not stored, but a dense tensor is stored whole, exact zeros too (a BN bias of a dead channel), as
+  a dedicated model's ``params`` counts it.
 
 MACs (``macs``): ``torch.utils.flop_counter.FlopCounterMode`` on one input image, MACs = FLOPs / 2. Its
 default formulas count convolutions and matrix products (2 FLOPs per multiply-accumulate; biases, BN, ReLU,
@@ -32,7 +34,8 @@ the FiLM MLP are per forward pass, so at batch 1 one image pays all of it. Maske
 sees a dense kernel); ``nonzero_params`` shows the sparsity.
 
 Timing: latency at batch 1 and throughput at batch 256 (the test images, repeated if fewer), after
-warm-up; CUDA events on a GPU, ``time.perf_counter`` on the CPU (few iterations: a cheap estimate).
+warm-up, each the median of its timed calls (at least 50 and 0.5 s at batch 1, 10 and 0.5 s at batch 256
+with CUDA events on a GPU; 5 and 3 calls, at least 0.1 s each, with ``time.perf_counter`` on the CPU).
 Peak memory: what one inference at batch 256 needs on the GPU: the model's parameters and buffers, the
 input batch, and the most the pass allocates on top of what was allocated before it (``max_memory_allocated``
 less ``memory_allocated``); whatever else the process holds on the device (the data set the harness keeps
@@ -42,6 +45,7 @@ All in fp32, the precision evaluation runs in.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 
 import torch
@@ -60,7 +64,8 @@ def params(model: nn.Module) -> int:
 
 def used_masks(forward, model: nn.Module, x1: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per parameter (by name, shared tensors once): a boolean tensor of the entries that ``forward(x1)``
-    uses and that are non-zero, observed with forward pre-hooks on every module of ``model``.
+    uses, whatever their values (``nonzero`` keeps the non-zero ones), observed with forward pre-hooks on
+    every module of ``model``.
 
     A module that runs uses its own parameters, except: a ``CondConv2d`` uses its weight through the mask
     the condition selects (both of SMART's when rows are split) and its ``alpha`` only when it is noisy and
@@ -73,25 +78,25 @@ def used_masks(forward, model: nn.Module, x1: torch.Tensor) -> dict[str, torch.T
     def mark(p, entries=None):
         if p is not None and id(p) in names:
             name = names[id(p)]
-            used[name] |= (p.detach() != 0) if entries is None else entries
+            used[name] |= True if entries is None else entries
 
     def hook(module, inputs):
         if hasattr(module, "used_entries"):  # slimmable layers: the slice the current width uses
             for p, entries in module.used_entries(inputs[0]).items():
-                mark(p, None if entries is None else entries & (p.detach() != 0))
+                mark(p, entries)
             return
         if isinstance(module, FiLM):  # its MLP runs in the model's FiLMBank, not as its own modules
             for p in module.parameters():
                 mark(p)
             return
         if isinstance(module, CondConv2d):
-            w, x = module.weight.detach(), inputs[0]
+            x = inputs[0]
             k = min(module.cond.n_clean, len(x))
             if len(module.paths) == 2 and 0 < k < len(x):
                 mask = torch.maximum(*module.masks().values())
             else:
                 mask = module.current_mask()
-            mark(module.weight, (w != 0) if mask is None else (w * mask) != 0)
+            mark(module.weight, None if mask is None else mask != 0)
             mark(module.bias)
             if module.noisy and module.cond.noise:
                 mark(module.alpha)
@@ -107,6 +112,12 @@ def used_masks(forward, model: nn.Module, x1: torch.Tensor) -> dict[str, torch.T
         for h in hooks:
             h.remove()
     return used
+
+
+def nonzero(used: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The entries of ``used`` (``used_masks``) whose values in ``model`` are non-zero."""
+    values = dict(model.named_parameters())
+    return {n: u & (values[n].detach() != 0) for n, u in used.items()}
 
 
 def count(masks: dict[str, torch.Tensor]) -> int:
@@ -156,27 +167,29 @@ def _batch(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _time(forward, x, device, warmup: int, iters: int, min_s: float) -> float:
-    """Seconds per call of ``forward(x)``: the mean of at least ``iters`` timed calls (more, up to
-    ``min_s`` seconds in all, on a GPU)."""
+    """Seconds per call of ``forward(x)``: the median of at least ``iters`` timed calls, more until they
+    took ``min_s`` seconds in all (a stray stall, e.g. another process's on the CPU, moves a median little;
+    one call per figure made throughputs of identical passes differ tenfold on a 2-core CPU)."""
+    cuda = device.type == "cuda"
     with torch.no_grad():
         for _ in range(warmup):
             forward(x)
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize(device)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            total, calls = 0.0, 0
-            while calls < iters or total < min_s:
+        times: list[float] = []
+        while len(times) < iters or sum(times) < min_s:
+            if cuda:
                 start.record()
                 forward(x)
                 end.record()
                 torch.cuda.synchronize(device)
-                total += start.elapsed_time(end) / 1000
-                calls += 1
-            return total / calls
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            forward(x)
-        return (time.perf_counter() - t0) / iters
+                times.append(start.elapsed_time(end) / 1000)
+            else:
+                t0 = time.perf_counter()
+                forward(x)
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def resident_bytes(model: nn.Module) -> int:
@@ -197,14 +210,16 @@ def inference_cost(forward, x: torch.Tensor, batch: int = 256, model: nn.Module 
     if cuda:
         x1, xb = x1.contiguous(memory_format=torch.channels_last), xb.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, enabled=False):
-        latency = _time(forward, x1, device, warmup=10 if cuda else 1, iters=50 if cuda else 5, min_s=0.5)
+        latency = _time(forward, x1, device, warmup=10 if cuda else 2, iters=50 if cuda else 5,
+                        min_s=0.5 if cuda else 0.1)
         if cuda:  # one untimed pass first: cuDNN's autotuning (benchmark mode) and its workspaces stay outside
             with torch.no_grad():
                 forward(xb)
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
-        per_batch = _time(forward, xb, device, warmup=3 if cuda else 1, iters=10 if cuda else 1, min_s=0.5)
+        per_batch = _time(forward, xb, device, warmup=3 if cuda else 1, iters=10 if cuda else 3,
+                          min_s=0.5 if cuda else 0.1)
         if cuda:
             pass_peak = torch.cuda.max_memory_allocated(device) - before
             held = (resident_bytes(model) if model is not None else 0) + xb.untyped_storage().nbytes()

@@ -187,7 +187,8 @@ def _cost_rows(forward, model, lam, x_img, used) -> list[dict]:
     timings measured on ``x_img``."""
     macs = complexity.macs(forward, model, x_img[:1])
     cost = complexity.inference_cost(forward, x_img, model=model)
-    return [result_row(lam, "nonzero_params", complexity.count(used), NAN, precision="fp32"),
+    return [result_row(lam, "nonzero_params", complexity.count(complexity.nonzero(used, model)), NAN,
+                       precision="fp32"),
             result_row(lam, "macs", macs, 1, precision="fp32"),
             result_row(lam, "infer_latency_ms", cost["infer_latency_ms"], 1, precision="fp32"),
             result_row(lam, "infer_throughput", cost["infer_throughput"], 256, precision="fp32"),

@@ -85,7 +85,7 @@ def test_masks_reduce_nonzero_params_and_stored_covers_every_lambda():
     x1 = torch.rand(1, 1, 8, 8)
     grid = method.lambda_grid()
     used = {lam: _at(method, model, lam, x1)[1] for lam in grid}
-    nonzero = {lam: complexity.count(u) for lam, u in used.items()}
+    nonzero = {lam: complexity.count(complexity.nonzero(u, model)) for lam, u in used.items()}
     stored = None
     for u in used.values():
         stored = complexity.union(stored, u)
@@ -115,6 +115,34 @@ def test_dual_bn_counts_only_the_routed_branch():
     stored = complexity.union(u0, u1)
     assert complexity.count(stored) == complexity.params(model) == complexity.count(u0) + branch
     assert any("mlp" in n for n in u0) and all(u0[n].all() for n in u0 if "mlp" in n)
+
+
+def test_exact_zeros_are_stored_but_not_counted_non_zero(digits):
+    """A dense tensor's exact zeros (a dead channel's BN bias, a weight that trained to 0) are left out of
+    nonzero_params, but a deployment stores the tensor whole: stored_params equals params, as a dedicated
+    model's count has it (before, the zeros were dropped from both)."""
+    from harness.config import EvalConfig
+    from harness.evaluate import evaluate
+    method = _method("float")
+    model = _dense(method.build_model("small_cnn", digits.info))
+    conv = next(m for m in model.modules() if isinstance(m, CondConv2d))
+    bn = next(m for m in model.modules() if isinstance(m, DualBN))
+    with torch.no_grad():
+        conv.weight.view(-1)[:3] = 0
+        bn.bn_clean.bias[:2] = 0
+    fast = dict(attacks=(), n=8, batch_size=8, aa="off", checks=False, complexity=True)
+    rows = evaluate(method, model, digits, EvalConfig(lambdas=(0.0, 1.0), **fast), eps=0.1, progress=False)
+    value = {(r["metric"], r["lambda"]): r["value"] for r in rows}
+    stored = next(r["value"] for r in rows if r["metric"] == "stored_params")
+    assert stored == complexity.params(model)
+    bn_size = sum(p.numel() for p in bn.bn_adv.parameters())
+    alphas = sum(1 for m in model.modules() if isinstance(m, CondConv2d) and m.noisy)
+    # lambda 0: everything but bn_adv (of every DualBN) and the alphas, less the five zeros
+    clean_side = complexity.params(model) - alphas - sum(
+        p.numel() for m in model.modules() if isinstance(m, DualBN) for p in m.bn_adv.parameters())
+    assert value[("nonzero_params", 0.0)] == clean_side - 5
+    assert value[("nonzero_params", 1.0)] == clean_side + alphas - 3  # bn_adv instead: only the weights' zeros
+    assert bn_size > 2
 
 
 def test_smart_mixed_paths_count_both_masks():

@@ -32,7 +32,8 @@ def device_name(device: torch.device) -> str:
     from two CPUs, or one CPU at two thread counts, are never taken for one machine's."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({_cpu_model()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({_cpu_model()}, {threads} thread{'s' if threads > 1 else ''})"
 
 
 @functools.lru_cache(maxsize=None)

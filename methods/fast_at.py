@@ -9,6 +9,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from harness import distributed
 from harness.attacks import parse_attack
 
 from .base import Method, eval_mode, register
@@ -38,8 +39,10 @@ class FastAT(Method):
         x, y = first_batch
         with eval_mode(model):
             x_adv = GUARD_ATTACK(model, x, y, self.eps)
-            with torch.no_grad():
-                acc = (model(x_adv).argmax(1) == y).float().mean().item()
+            with torch.no_grad():  # the global first batch: every process's share of it (all run this)
+                correct = (model(x_adv).argmax(1) == y).sum().float()
+        hits, seen = distributed.all_sum(torch.stack([correct, correct.new_tensor(float(len(y)))])).tolist()
+        acc = hits / seen
         out = {"guard_pgd5_acc": acc}
         if self.prev_acc is not None and self.prev_acc - acc > GUARD_DROP:
             model.load_state_dict(self.snapshot)

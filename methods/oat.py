@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from harness import distributed
 from harness.conditioned import ConditionedLayers
 from harness.errors import LambenchError
 
@@ -41,8 +42,14 @@ def encoding_table(kind: str) -> torch.Tensor | None:
 
 
 def zeros_in(batch: int) -> int:
-    """How many samples of a batch get lambda = 0: ceil(B/6)."""
-    return math.ceil(batch / 6)
+    """How many samples of this process's ``batch`` get lambda = 0: ceil(B/6) of the global batch B (all
+    processes' batches, ``batch`` each), shared out over the processes, the first ones taking one more where
+    they do not divide; on one process, ceil(batch/6). At least one each, so that every process runs both BN
+    branches, whose statistics are synchronised (one without would leave the others waiting): more than
+    ceil(B/6) in all only where the processes' batches are so small that ceil(B/6) < their number."""
+    world = distributed.world_size()
+    total = math.ceil(batch * world / 6)
+    return max(1, total // world + (distributed.rank() < total % world))
 
 
 def sample_positions(batch: int, device=None, generator=None) -> torch.Tensor:

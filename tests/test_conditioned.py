@@ -25,6 +25,25 @@ def test_oat_sampler_zero_count_and_placement(batch):
     assert torch.isin(lam[n0:], torch.tensor(LAMBDAS[1:])).all()
 
 
+@pytest.mark.parametrize("batch,world", [(64, 2), (128, 8), (120, 8), (512, 4), (6, 6), (64, 16)])
+def test_oat_zero_count_is_that_of_the_global_batch_under_ddp(batch, world, monkeypatch):
+    """Under torchrun each process samples its own share (``batch // world`` rows): the λ = 0 rows of all of
+    them add up to ceil(B/6) of the global batch, as on one process (each taking ceil of its own share gave
+    12 of 64 on 2 processes, 24 of 128 on 8), and no process has none."""
+    from harness import distributed
+    from methods.oat import zeros_in
+    share = batch // world
+    monkeypatch.setattr(distributed, "world_size", lambda: world)
+    counts = []
+    for r in range(world):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        counts.append(int((sample_lambdas(share) == 0).sum()))
+        assert counts[-1] == zeros_in(share)
+    # ceil(B/6), or one per process where fewer (each runs both BN branches, their statistics synchronised)
+    assert sum(counts) == max(math.ceil(batch / 6), world)
+    assert max(counts) - min(counts) <= 1 and min(counts) >= 1
+
+
 def test_oat_sampler_is_uniform_over_nonzero():
     torch.manual_seed(0)
     lam = sample_lambdas(60000)

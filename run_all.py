@@ -229,6 +229,17 @@ def drop_unused(args, cfg, overrides: dict):
     return apply(cfg, {"eval": evals}), overrides, [f"note: {flag} ignored: {why}" for flag, why in notes.items()]
 
 
+def _launcher() -> str:
+    """How this process was started, as run.json and the report record the command: ``python run_all.py``,
+    or under torchrun with its processes (``torchrun --nproc-per-node 2 run_all.py --``; its rendezvous
+    flags are not visible here)."""
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world == 1:
+        return "python run_all.py"
+    nodes = f"--nnodes {world // local} " if world != local and local and world % local == 0 else ""
+    return f"torchrun {nodes}--nproc-per-node {local} run_all.py --"
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--"]:  # torchrun ... run_all.py -- ARGS (the -- keeps torchrun off --run; see README)
@@ -241,7 +252,7 @@ def main(argv=None) -> int:
         cfg, overrides, notes = drop_unused(args, cfg, overrides)
         if os.environ.get("RANK", "0") == "0":  # (torchrun: one process says it)
             print(*notes, sep="\n", end="\n" if notes else "")
-        command = " ".join(["python run_all.py", *map(shlex.quote, argv)])
+        command = " ".join([_launcher(), *map(shlex.quote, argv)])
         run(cfg, overrides, command=command, executor=executor_from_args(args))
         if args.report and distributed.is_main():
             _report(cfg, args.clean_floor)

@@ -27,13 +27,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device: torch.device, processes: int = 1) -> str:
     """The GPU's name; on the CPU, its model and the threads torch uses (``cpu (AMD EPYC, 2 threads)``): times
-    from two CPUs, or one CPU at two thread counts, are never taken for one machine's."""
+    from two CPUs, or one CPU at two thread counts, are never taken for one machine's. Work shared by several
+    processes (torchrun, a job of several tasks) names them: ``2 × NVIDIA H100 80GB HBM3``."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    threads = torch.get_num_threads()
-    return f"cpu ({_cpu_model()}, {threads} thread{'s' if threads > 1 else ''})"
+        name = torch.cuda.get_device_name(device)
+    else:
+        threads = torch.get_num_threads()
+        name = f"cpu ({_cpu_model()}, {threads} thread{'s' if threads > 1 else ''})"
+    return name if processes == 1 else f"{processes} × {name}"
 
 
 @functools.lru_cache(maxsize=None)

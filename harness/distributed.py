@@ -144,8 +144,9 @@ def shard_train(data, seed: int = 0):
     return type(data)(data.info, data.x_train[order], data.y_train[order], data.x_test, data.y_test)
 
 
-def per_rank_batch(batch_size: int) -> int:
-    w = world_size()
+def per_rank_batch(batch_size: int, world: int | None = None) -> int:
+    """Each of the ``world`` (this run's) processes' share of a batch; one that does not divide is an error."""
+    w = world_size() if world is None else world
     if batch_size % w:
         raise LambenchError(f"--batch-size {batch_size} is not divisible by the {w} processes; pick a multiple of {w}")
     return batch_size // w

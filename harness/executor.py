@@ -84,7 +84,7 @@ def submit_and_wait(cfg, jobs: list, run_dir: Path, ex: ExecutorConfig, log=prin
     failures = []
     for job, sub in zip(jobs, submitted):
         try:
-            sub.result()
+            sub.results()  # (every task's: result() refuses a job of several tasks)
             log(f"  finished {job.name}")
         except Exception as exc:  # noqa: BLE001 - a failed job is reported, the others go on
             failures.append(f"{job.name}: {_one_line(exc)} (log: {sub.paths.stderr})")

@@ -73,6 +73,8 @@ def run(cfg: RunConfig, train_overrides: dict | None = None, log=print, command:
     fingerprints = {name: d.fingerprint for name, d in datasets.items()}
     check_run_agrees(jobs, cfg, run_dir, fingerprints)
     todo = to_do(jobs, cfg, run_dir, fingerprints)  # a job trained otherwise is refused here, before any work
+    for job in todo:  # so is a batch the processes cannot share
+        distributed.per_rank_batch(job.train.batch_size)
     start()
     _unmark(rescored(todo, cfg, run_dir), run_dir, main)
     for i, job in enumerate(jobs, 1):
@@ -109,16 +111,29 @@ def _submit(cfg: RunConfig, jobs: list[Job], run_dir: Path, ex: ExecutorConfig, 
     # the data's fingerprints, read here (on the CPU) as the tasks will read them
     data = {name: load_dataset(name, cfg.data_root, cfg.subset).fingerprint
             for name in dict.fromkeys(job.dataset for job in jobs)}
-    check_run_agrees(jobs, cfg, run_dir, data)  # before --force deletes anything
+    check_run_agrees(jobs, cfg, run_dir, data)  # before --force moves anything
+    for job in to_do(jobs, cfg, run_dir, data):  # each task's processes share its batch
+        distributed.per_rank_batch(job.train.batch_size, max(1, ex.gpus_per_job))
+    aside = run_dir / ".forced"  # --force: the jobs' folders, until the submission is accepted
+    shutil.rmtree(aside, ignore_errors=True)  # (a parent stopped while it waited left them)
     if cfg.force:
         for job in jobs:
-            shutil.rmtree(run_dir / job.name, ignore_errors=True)
+            if (run_dir / job.name).exists():
+                aside.mkdir(exist_ok=True)
+                (run_dir / job.name).rename(aside / job.name)
     # (each task drops its job's eval.json when it starts: dropping them here, before the submission is
     # accepted, would empty the run's table for a refused one)
     todo = to_do(jobs, cfg, run_dir, data)
     start()
     log(f"{len(jobs) - len(todo)} finished already, {len(todo)} to run")
-    failures = submit_and_wait(cfg, todo, run_dir, ex, log)
+    try:
+        failures = submit_and_wait(cfg, todo, run_dir, ex, log)
+    except LambenchError:  # refused: the forced jobs' folders back as they were
+        for folder in aside.iterdir() if aside.exists() else ():
+            folder.rename(run_dir / folder.name)
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
     # a task that failed before it started its job left that job's old rows, which the others' new ones
     # no longer match (another protocol): out of the run's table (its rows and checkpoint stay)
     _unmark(rescored(todo, dataclasses.replace(cfg, force=False), run_dir), run_dir, True)  # (--force acted)
@@ -155,6 +170,8 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
                 shutil.rmtree(job_dir)
             state = job_state(job, cfg, run_dir, data.fingerprint)
             if state != "done":
+                for stale in job_dir.glob(".*.tmp"):  # a write cut short by a kill (a checkpoint's: large)
+                    stale.unlink(missing_ok=True)
                 write_json(job_dir / "config.json", identity(job, cfg, data.fingerprint))
                 # without its eval.json the old rows.csv is neither taken for rows of these settings nor put
                 # in the run's table (store.assemble), wherever this run stops; kept only where the same
@@ -191,7 +208,8 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
     # labelled with the device and precision training ran on (epochs resumed elsewhere: each of them)
     trained_on = {key: " + ".join(dict.fromkeys(str(h.get(key, "unrecorded")) for h in history))
                   for key in ("device", "precision")}
-    cost = [result_row(float("nan"), m, v, trained, **(trained_on if m != "eval_time_s" else {"precision": "fp32"}))
+    scoring = {"precision": "fp32", "device": device_name(device, distributed.world_size())}  # all processes'
+    cost = [result_row(float("nan"), m, v, trained, **(trained_on if m != "eval_time_s" else scoring))
             for m, v in (
         ("train_time_s", seconds), ("train_epoch_time_s", seconds / len(history) if history else float("nan")),
         ("train_images_per_s", images / seconds if seconds else float("nan")),

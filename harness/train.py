@@ -212,7 +212,8 @@ def _epoch(method, model, step, loader, opt, sched, cfg, device, precision, epoc
     record = {"epoch": epoch + 1, "loss": loss_total / seen, "train_acc": correct_total / scored,
               "lr": opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen / seconds,
               "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan"),
-              "device": device_name(device), "precision": precision}  # a resumed run may train elsewhere
+              # a resumed run may train elsewhere, or on another number of processes
+              "device": device_name(device, distributed.world_size()), "precision": precision}
     # every rank runs the method's end of epoch (its own state stays consistent); rank 0's outcome and model
     # state (FLOATS masks, Fast-AT's rollback and stop) are then everyone's
     record.update(distributed.broadcast_object(method.end_epoch(model, epoch, first_batch, opt)))

@@ -79,3 +79,13 @@ def test_two_gloo_processes_match_one(tmp_path):
     assert abs(loss_two - loss_one) <= LOSS_TOL * loss_one
     # every global batch counted once: the same number of images per epoch as on one process
     assert value(two_rows, "train_images_per_s") > 0
+    # the training and evaluation times name the two processes that shared the work, so a report never
+    # averages them with one process's (nor a one-process dedicated model's cost with them)
+    shared = two_rows["metric"].str.startswith("train_") | two_rows["metric"].isin(["epochs_trained", "eval_time_s"])
+    assert two_rows.loc[shared, "device"].str.startswith("2 × cpu (").all()
+    assert not two_rows.loc[~shared, "device"].str.startswith("2 ×").any()  # accuracy, rank 0's timings
+    assert not one["device"].str.contains("×").any()
+    # and the command the run records is the launch it was: torchrun with its processes
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["command"].startswith(
+        "torchrun --nproc-per-node 2 run_all.py -- --methods")
+    assert json.loads((tmp_path / "one" / "run.json").read_text())["command"].startswith("python run_all.py --")

@@ -68,3 +68,35 @@ def test_sweep_survives_a_killed_job(tmp_path, capsys, monkeypatch):
     assert final["job"].value_counts().to_dict() == {OTHER: len(first), VICTIM: len(first)}
     assert final[final["job"] == OTHER].reset_index(drop=True).equals(first)   # kept as it was
     assert pd.read_csv(victim / "epochs.csv")["epoch"].tolist() == [1, 2, 3, 4]
+
+
+def test_a_job_of_two_tasks_finishes(tmp_path, capsys, monkeypatch):
+    """A job run as two processes (--slurm-gpus-per-job 2: two submitit tasks joined in one process group,
+    gloo on the CPU) is reported finished, not failed: its tasks' results are read with results() (result()
+    raised for every such job, after it had written its rows). A batch size the two cannot share is refused
+    before run.json is touched, and --force loses no finished job to a submission the scheduler refuses."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    two = [a for a in SWEEP if a not in ("--slurm-gpus-per-job", "0")] + ["--slurm-gpus-per-job", "2"]
+    two[two.index("0,1")] = "1"
+    two[two.index("--epochs") + 1] = "1"
+    argv = [*two, "--out", str(tmp_path), "--run", "pair"]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, out + err
+    assert f"finished {VICTIM}" in out and "FAILED" not in out
+    table = pd.read_csv(tmp_path / "pair" / "results.csv")
+    assert set(table["job"]) == {VICTIM} and "clean_acc" in set(table["metric"])
+    before = (tmp_path / "pair" / "run.json").read_text()
+    code, out, err = _run([*argv, "--batch-size", "33", "--force"], capsys)
+    assert code == 2 and "--batch-size 33 is not divisible by the 2 processes" in err, out + err
+    assert (tmp_path / "pair" / "run.json").read_text() == before
+    assert (tmp_path / "pair" / VICTIM / "rows.csv").exists()  # --force deleted nothing: refused first
+    # a submission the scheduler refuses: --force had put the job's folder aside, and puts it back
+    rows = (tmp_path / "pair" / VICTIM / "rows.csv").read_text()
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("sbatch: error: invalid partition specified")
+    monkeypatch.setattr("harness.executor.make_executor", refuse)
+    code, out, err = _run([*argv, "--force"], capsys)
+    assert code == 2 and "invalid partition" in err, out + err
+    assert (tmp_path / "pair" / VICTIM / "rows.csv").read_text() == rows
+    assert not (tmp_path / "pair" / ".forced").exists()

@@ -367,3 +367,17 @@ def test_a_refused_command_leaves_the_run_folder_as_it_was(tmp_path, capsys):
     assert (tmp_path / "smoke" / "run.json").read_text() == before
     assert _main(capsys, *QUICK, *out, *missing, "--run", "fresh")[0] == 2
     assert not (tmp_path / "fresh").exists()
+
+
+def test_a_write_cut_short_leaves_no_file_behind_once_the_job_runs_again(tmp_path, capsys):
+    """A kill during an atomic write leaves its temporary file (a checkpoint's is as large as the model):
+    the job's next run removes it; a finished job's folder is not touched."""
+    out = ["--out", str(tmp_path)]
+    job = tmp_path / "smoke" / JOB
+    assert _main(capsys, *QUICK, *out)[0] == 0
+    stale = job / ".checkpoint.pt.x1y2z3.tmp"
+    stale.write_bytes(b"\0" * 1024)
+    assert _main(capsys, *QUICK, *out)[0] == 0  # done already: nothing runs
+    assert stale.exists()
+    assert _main(capsys, *QUICK, *out, "--eval-n", "24")[0] == 0  # scored again
+    assert not stale.exists() and (job / "checkpoint.pt").exists()

@@ -224,7 +224,7 @@ def _images(pts: pd.DataFrame, short: str) -> str:
 def _facts(run: Run, pts: pd.DataFrame, floors: dict) -> list[tuple[str, str]]:
     t = run.table
     settings = sorted({f"{d} · {a} · ε = {fmt_eps(e)}" for d, a, e in pts[T.SETTING].itertuples(index=False)})
-    device = ", ".join(sorted(set(t["device"]) - {""})) or run.info.get("device") or "—"  # the rows' own
+    device = "; ".join(sorted(set(t["device"]) - {""})) or run.info.get("device") or "—"  # the rows' own
     n_eval = sorted({int(n) for n in t.loc[t["metric"] == "clean_acc", "n"].dropna()})
     return [("run", run.name), ("setting", "; ".join(settings)),
             ("methods", ", ".join(style.display(m) for m in style.method_order(t["method"]))),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,9 +105,28 @@ MACHINE = ("trained on", "precision", "scored on", "torch")
 UNKNOWN = {"", "unrecorded"}  # not recorded (an older lambench's rows or checkpoint): matches any value
 
 
+def machine(device: str) -> str:
+    """The hardware a ``device`` entry names, without the processes that shared it (``2 × NVIDIA H100`` is an
+    H100's)."""
+    return re.sub(r"^\d+ × ", "", device)
+
+
+def legacy_cpu(names: pd.Series) -> pd.Series:
+    """Jobs' devices with an older lambench's bare ``cpu`` taken for the one CPU (``cpu (MODEL, N threads)``)
+    the other jobs name, where they name exactly one: a run resumed or extended with this lambench on the
+    machine that began it is not split in two. Where they name several CPUs, ``cpu`` stays a device of its own."""
+    parts = {p for v in names for p in v.split(" + ")}
+    cpus = {p for p in parts if machine(p).startswith("cpu (")}
+    if "cpu" not in parts or len({machine(p) for p in cpus}) != 1:
+        return names
+    cpu = machine(next(iter(cpus)))
+    return names.map(lambda v: " + ".join(dict.fromkeys(cpu if p == "cpu" else p for p in v.split(" + "))))
+
+
 def _by_machine(table: pd.DataFrame) -> pd.DataFrame:
     """The table with a method whose jobs ran on different machines (within one dataset, architecture and
-    eps) split into one method per machine: it becomes ``"<method> @ <what differs>"`` (``pgd_at @ cpu``),
+    eps) split into one method per machine: it becomes ``"<method> @ <what differs>"`` (``pgd_at @ cpu (AMD
+    EPYC, 2 threads)``, ``pgd_at @ 2 × NVIDIA H100 80GB HBM3``: processes that shared the work count too),
     so no figure or table averages, or sums, numbers from two machines; every job of that method is
     labelled, whatever its training lambda. Where they ran alike, nothing changes. Adds ``trained_on``: each
     job's training device and precision, ``"<device> | <precision>"`` (empty where not recorded)."""
@@ -119,6 +139,7 @@ def _by_machine(table: pd.DataFrame) -> pd.DataFrame:
     jobs = pd.DataFrame({"trained on": joined(train, "device"), "precision": joined(train, "precision"),
                          "scored on": joined(scored, "device"), "torch": joined(scored, "torch")})
     jobs = jobs.reindex(sorted(set(table["job"]))).fillna("")
+    jobs["trained on"], jobs["scored on"] = legacy_cpu(jobs["trained on"]), legacy_cpu(jobs["scored on"])
     table = table.copy()
     table["trained_on"] = table["job"].map(jobs["trained on"] + " | " + jobs["precision"])
     model = table.drop_duplicates("job").set_index("job")[["dataset", "arch", "job_eps", "method"]]
@@ -136,7 +157,7 @@ def _by_machine(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _devices(trained: str, scored: str) -> str:
-    if not trained or not scored or trained == scored:
+    if not trained or not scored or machine(trained) == scored:  # (trained on 2 processes: "2 × <scored>")
         return trained or scored or "?"
     return f"trained on {trained}, scored on {scored}"
 

@@ -10,6 +10,7 @@ import json
 import pandas as pd
 
 from . import style
+from .load import legacy_cpu, machine
 from .tables import has
 
 #: the sanity checks the evaluation writes as ``flag:<check>`` rows; a flag (value 1) means suspicious
@@ -35,12 +36,17 @@ def missing(table: pd.DataFrame, pts: pd.DataFrame, info: dict) -> dict[str, lis
     kinds = pts.drop_duplicates("method").set_index("method")["kind"] if len(pts) else pd.Series(dtype=str)
     machines: dict[str, list[str]] = {}  # per method (OATS's widths as one), the machines it is split by
     for m in methods:
-        head, at, machine = m.partition(" @ ")
+        head, at, label = m.partition(" @ ")
         if at:
             base = head.rpartition("-")[0] if head.rpartition("-")[0] in style.KNOWN_ORDER else head
             where = machines.setdefault(style.display(base), [])
-            where += [machine] if machine not in where else []
+            where += [label] if label not in where else []
     for name, where in machines.items():
+        if len({machine(w) for w in where}) == 1:  # one machine, trained by 1 and by N processes
+            notes["tradeoff"].append(f"{name} was trained by different numbers of processes ({'; '.join(where)}): "
+                                     f"each one's jobs are shown as a method of their own, so no figure or table "
+                                     f"averages or sums their costs.")
+            continue
         notes["tradeoff"].append(f"{name} ran on different machines ({'; '.join(where)}): each machine's jobs "
                                  f"are shown as a method of their own, so no figure or table averages or sums "
                                  f"numbers from two machines (results.csv keeps each row's device, torch and "
@@ -68,6 +74,8 @@ def missing(table: pd.DataFrame, pts: pd.DataFrame, info: dict) -> dict[str, lis
         notes["complexity"].append("No training times (train_time_s rows, written per job by python "
                                    "run_all.py): training cost is not compared.")
     timed = table[table["metric"].isin(("train_time_s", "infer_latency_ms")) & (table["device"] != "")]
+    # the hardware: training on 2 processes of one machine is that machine's; an older run's "cpu" this CPU
+    timed = timed.assign(device=legacy_cpu(timed["device"]).map(machine))
     if timed["device"].nunique() > 1:
         where = timed.groupby("device")["method"].agg(lambda m: ", ".join(style.display(x) for x in
                                                                          style.method_order(m)))
@@ -75,7 +83,7 @@ def missing(table: pd.DataFrame, pts: pd.DataFrame, info: dict) -> dict[str, lis
             f"{d}: {m}" for d, m in where.items()) + "): compare training and inference times only between "
             "methods measured on one machine.")
     if not has(pts, "train_peak_mem_mb"):
-        cpu = all(d == "" or d.startswith("cpu") for d in set(table["device"]))
+        cpu = all(d == "" or machine(d).startswith("cpu") for d in set(table["device"]))
         notes["complexity"].append("Training peak memory not measured" + (
             ": a CPU run (train_peak_mem_mb is CUDA peak memory, NaN on CPU)." if cpu else
             " (no train_peak_mem_mb values)."))

@@ -374,6 +374,39 @@ def test_times_from_different_machines_are_named(tmp_path):
     assert not [n for n in build(load_run(_run(tmp_path, name="same"))).notes if "different machines" in n]
 
 
+def test_an_older_runs_cpu_and_several_processes_are_one_machine(tmp_path):
+    """The fixture's rows name the CPU "cpu" (an older lambench); OAT's seed 1 stands for a job this lambench
+    added on the same machine ("cpu (AMD EPYC, 2 threads)"): its seeds are still averaged and no note says
+    "different machines". Trained on 2 processes of that machine, seed 1 is a model of its own (its cost is
+    two processes'), but its times are still that machine's. Where the run names two CPUs, "cpu" is
+    neither of them."""
+    from report.content import build
+    here = "cpu (AMD EPYC, 2 threads)"
+    seed1 = "oat-digits-small_cnn-s1"
+
+    def added(t, training=here, other=None):
+        t.loc[t["job"] == seed1, "device"] = here
+        t.loc[(t["job"] == seed1) & (t["metric"].str.startswith("train_") | (t["metric"] == "epochs_trained")),
+              "device"] = training
+        if other:
+            t.loc[t["job"] == "float-digits-small_cnn-s1", "device"] = other
+        return t
+
+    def machines_note(run):
+        return [n for n in build(run).notes if "different machines" in n]
+    run = load_run(_run(tmp_path, added, name="same"))
+    assert "oat" in set(run.table["method"]) and not machines_note(run)
+    assert set(T.points(run.table).query("method == 'oat'")["seeds"]) == {2}
+    run = load_run(_run(tmp_path, lambda t: added(t, training=f"2 × {here}"), name="two"))
+    assert f"oat @ 2 × {here}" in set(run.table["method"]) and not machines_note(run)
+    assert any("OAT was trained by different numbers of processes" in n for n in build(run).notes)
+    run = load_run(_run(tmp_path, lambda t: added(t, other="cpu (Intel Xeon, 8 threads)"), name="xeon"))
+    assert {f"oat @ {here}", "oat @ cpu"} <= set(run.table["method"])
+    said = machines_note(run)
+    assert any(n.startswith("OAT ran on different machines") for n in said)
+    assert any(n.startswith("Times were measured on different machines") for n in said)
+
+
 def test_dedicated_models_from_two_machines_are_not_summed(tmp_path):
     """Seed 1 of PGD-AT (both training λ) ran on a GPU: every PGD-AT job is labelled by machine, and the cost
     of the dial sums the models trained like the once-for-all ones (on the CPU, in fp32), though OAT was

@@ -35,7 +35,8 @@ sees a dense kernel); ``nonzero_params`` shows the sparsity.
 
 Timing: latency at batch 1 and throughput at batch 256 (the test images, repeated if fewer), after
 warm-up, each the median of its timed calls (at least 50 and 0.5 s at batch 1, 10 and 0.5 s at batch 256
-with CUDA events on a GPU; 5 and 3 calls, at least 0.1 s each, with ``time.perf_counter`` on the CPU).
+with CUDA events on a GPU; at least 5 and 3 calls, and 0.1 s of calls for each figure, with
+``time.perf_counter`` on the CPU).
 Peak memory: what one inference at batch 256 needs on the GPU: the model's parameters and buffers, the
 input batch, and the most the pass allocates on top of what was allocated before it (``max_memory_allocated``
 less ``memory_allocated``); whatever else the process holds on the device (the data set the harness keeps

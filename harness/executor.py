@@ -68,8 +68,9 @@ def make_executor(ex: ExecutorConfig, folder: Path, name: str):
     return executor
 
 
-def submit_and_wait(cfg, jobs: list, run_dir: Path, ex: ExecutorConfig, log=print) -> list[str]:
-    """Submit ``jobs`` (unfinished ones) as one job array, wait for all of them; return one line per failure."""
+def submit_and_wait(cfg, jobs: list, run_dir: Path, ex: ExecutorConfig, log=print, accepted=None) -> list[str]:
+    """Submit ``jobs`` (unfinished ones) as one job array, wait for all of them; return one line per failure.
+    ``accepted()`` is called once the scheduler has accepted the array, before any waiting."""
     if not jobs:
         return []
     cfg = dataclasses.replace(cfg, progress=False, force=False)  # logs are files; --force acted already
@@ -80,6 +81,8 @@ def submit_and_wait(cfg, jobs: list, run_dir: Path, ex: ExecutorConfig, log=prin
         submitted = executor.map_array(Task(), [cfg] * len(jobs), jobs, [str(run_dir)] * len(jobs), [procs] * len(jobs))
     except Exception as exc:  # noqa: BLE001 - sbatch refused (partition, limits): one line naming it
         raise LambenchError(f"submitting {len(jobs)} job(s) to {ex.kind} failed: {_one_line(exc)}") from None
+    if accepted is not None:
+        accepted()
     log(f"submitted {len(jobs)} job(s) ({ex.kind}: {', '.join(j.job_id for j in submitted)}); logs in {folder}")
     failures = []
     for job, sub in zip(jobs, submitted):

@@ -102,6 +102,15 @@ def _unmark(jobs: list[Job], run_dir: Path, main: bool) -> None:
     distributed.barrier()
 
 
+def _put_back(aside: Path, run_dir: Path) -> None:
+    """The job folders ``--force`` put aside (``run_dir/.forced``) back in place, where the job has no new
+    folder (a task that started has one: its submission was accepted, and the old folder goes)."""
+    for folder in sorted(aside.iterdir()) if aside.is_dir() else ():
+        if not (run_dir / folder.name).exists():
+            folder.rename(run_dir / folder.name)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def _quiet(*args, **kwargs) -> None:
     """The log of ranks other than 0: rank 0 speaks for the job."""
 
@@ -111,29 +120,27 @@ def _submit(cfg: RunConfig, jobs: list[Job], run_dir: Path, ex: ExecutorConfig, 
     # the data's fingerprints, read here (on the CPU) as the tasks will read them
     data = {name: load_dataset(name, cfg.data_root, cfg.subset).fingerprint
             for name in dict.fromkeys(job.dataset for job in jobs)}
+    aside = run_dir / ".forced"  # --force: the jobs' folders, until the scheduler accepts the submission
+    _put_back(aside, run_dir)  # a command stopped before that left them: they are still the run's
     check_run_agrees(jobs, cfg, run_dir, data)  # before --force moves anything
-    for job in to_do(jobs, cfg, run_dir, data):  # each task's processes share its batch
+    # (each task drops its job's eval.json when it starts: dropping them here, before the submission is
+    # accepted, would empty the run's table for a refused one)
+    todo = to_do(jobs, cfg, run_dir, data)
+    for job in todo:  # each task's processes share its batch
         distributed.per_rank_batch(job.train.batch_size, max(1, ex.gpus_per_job))
-    aside = run_dir / ".forced"  # --force: the jobs' folders, until the submission is accepted
-    shutil.rmtree(aside, ignore_errors=True)  # (a parent stopped while it waited left them)
+    start()
     if cfg.force:
         for job in jobs:
             if (run_dir / job.name).exists():
                 aside.mkdir(exist_ok=True)
                 (run_dir / job.name).rename(aside / job.name)
-    # (each task drops its job's eval.json when it starts: dropping them here, before the submission is
-    # accepted, would empty the run's table for a refused one)
-    todo = to_do(jobs, cfg, run_dir, data)
-    start()
     log(f"{len(jobs) - len(todo)} finished already, {len(todo)} to run")
     try:
-        failures = submit_and_wait(cfg, todo, run_dir, ex, log)
-    except LambenchError:  # refused: the forced jobs' folders back as they were
-        for folder in aside.iterdir() if aside.exists() else ():
-            folder.rename(run_dir / folder.name)
+        failures = submit_and_wait(cfg, todo, run_dir, ex, log,
+                                   accepted=lambda: shutil.rmtree(aside, ignore_errors=True))
+    except BaseException:  # refused, or stopped before the scheduler answered: the folders back as they were
+        _put_back(aside, run_dir)
         raise
-    finally:
-        shutil.rmtree(aside, ignore_errors=True)
     # a task that failed before it started its job left that job's old rows, which the others' new ones
     # no longer match (another protocol): out of the run's table (its rows and checkpoint stay)
     _unmark(rescored(todo, dataclasses.replace(cfg, force=False), run_dir), run_dir, True)  # (--force acted)
@@ -170,7 +177,7 @@ def run_job(job: Job, cfg: RunConfig, data: Dataset, run_dir: Path, device: torc
                 shutil.rmtree(job_dir)
             state = job_state(job, cfg, run_dir, data.fingerprint)
             if state != "done":
-                for stale in job_dir.glob(".*.tmp"):  # a write cut short by a kill (a checkpoint's: large)
+                for stale in job_dir.rglob(".*.tmp"):  # a write cut short by a kill (a checkpoint's: large)
                     stale.unlink(missing_ok=True)
                 write_json(job_dir / "config.json", identity(job, cfg, data.fingerprint))
                 # without its eval.json the old rows.csv is neither taken for rows of these settings nor put

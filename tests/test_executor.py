@@ -100,3 +100,12 @@ def test_a_job_of_two_tasks_finishes(tmp_path, capsys, monkeypatch):
     assert code == 2 and "invalid partition" in err, out + err
     assert (tmp_path / "pair" / VICTIM / "rows.csv").read_text() == rows
     assert not (tmp_path / "pair" / ".forced").exists()
+    # a command stopped while the folders were aside (killed before the scheduler answered): the next one
+    # puts them back, and finds the job done
+    (tmp_path / "pair" / ".forced").mkdir()
+    (tmp_path / "pair" / VICTIM).rename(tmp_path / "pair" / ".forced" / VICTIM)
+    monkeypatch.undo()
+    code, out, err = _run(argv, capsys)
+    assert code == 0 and "1 finished already, 0 to run" in out, out + err
+    assert (tmp_path / "pair" / VICTIM / "rows.csv").read_text() == rows
+    assert not (tmp_path / "pair" / ".forced").exists()
